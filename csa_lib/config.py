@@ -1,0 +1,213 @@
+"""Configuration as dataclasses with named presets.
+
+One place for every number that a run depends on. The CLI, the notebooks and the tests all start from
+``get_preset(name)`` and override single fields, so there are no copies of magic numbers elsewhere.
+
+Presets
+-------
+- ``smoke``:    CPU, tiny (32-px images, 8 base channels, a handful of steps). Seconds. Used by tests.
+- ``demo``:     the embedded scikit-image photos, 64 px, a few minutes on a laptop CPU. ``make demo``.
+- ``celeba64``: a CelebA folder such as ``../shared/data/celeba_10k`` (centre crop, resize to 64),
+                first 9,000 images to train, last 1,000 to evaluate, NVIDIA irregular masks.
+- ``paper256``: the paper's setting: 256 px, full width, centre (120x120) or NVIDIA masks, the official
+                schedule (constant learning rate, then linear decay to zero).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+#: Repository root (the folder holding ``csa_lib/``); notebooks resolve paths from here.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Where the team's real data lives beside a checkout (never committed; see data/README.md).
+SHARED_ROOT = Path(os.environ.get("CSA_SHARED_ROOT", REPO_ROOT.parent / "shared"))
+
+# The paper's protocol and the official code's defaults (CSA_SPEC sections 2, 4, 5).
+OFFICIAL_CENTER_HOLE = 120  # official default centre hole on a 256 image
+PAPER_CENTER_HOLE = 128  # evaluation protocol in the literature: 128x128 on 256
+FEATURE_LEVELS = 3  # the CSA layer works at 1/8 resolution
+FEATURE_THRESHOLD = 5 / 16  # official downsampled-mask threshold
+
+
+def smoke_mode() -> bool:
+    """True when the environment asks for small sizes (``CSA_SMOKE=1``), as tests and CI do."""
+    return os.environ.get("CSA_SMOKE", "0").lower() not in ("", "0", "false", "no")
+
+
+@dataclass
+class DataConfig:
+    """Where images and masks come from and how they are prepared."""
+
+    root: str | None = None  # image folder; None = embedded scikit-image samples (no download)
+    layout: str = "folder"  # "folder" | "celeba" | "places2" | "paris"
+    image_size: int = 256
+    resize: str = "square"  # "square" (official: resize to a square) | "center_crop" (CelebA faces)
+    masks: str = "center"  # "center" | "rect" | "irregular" | "folder"
+    mask_dir: str | None = None  # folder of mask PNGs (white = hole) when masks == "folder"
+    hole_size: int | None = None  # centre hole side in pixels; None = 120/256 of the image size
+    hole_ratio: tuple[float, float] = (0.1, 0.6)  # requested range for random masks
+    train_range: tuple[int, int] | None = None  # [start, stop) slice of the sorted file list
+    eval_range: tuple[int, int] | None = None
+    flip: bool = True  # random horizontal flip when training
+    num_workers: int = 0
+    eval_seed: int = 1234  # fixed evaluation masks come from this seed
+
+
+@dataclass
+class ModelConfig:
+    """Generator and discriminator sizes; paper defaults reproduce the official layer sizes."""
+
+    image_size: int = 256
+    base_channels: int = 64  # 64 in the paper; 512 = 8 * base at the CSA layer
+    csa_semantics: str = "paper"  # "paper" (cosine, guarded) | "official" (exact official forward)
+    csa_backward: str = "autograd"  # "autograd" (true gradient) | "official" (custom rule)
+    attention: str = "csa"  # "csa" | "identity" | "contextual" | "shift" (ablations)
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (paper: lambda_r = 1, lambda_c = 0.01, lambda_d = 0.002) and the VGG source."""
+
+    mode: str = "paper"  # "paper": all terms live | "official": detached consistency/feature-D terms
+    lambda_r: float = 1.0
+    lambda_c: float = 0.01
+    lambda_d: float = 0.002
+    vgg_weights: str = "auto"  # "torchvision" | "none" | "auto" | "PATH[:caffe|:torchvision]"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, logging and checkpoints."""
+
+    batch_size: int = 1
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    steps: int = 1000  # total optimisation steps
+    decay_start: int | None = None  # step where linear decay to 0 begins; None = constant
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    amp: str = "auto"  # "auto" (bf16 on CUDA) | "bf16" | "off"
+    log_every: int = 10
+    sample_every: int = 100
+    ckpt_every: int = 100
+    out_dir: str = "runs/default"
+    time_budget_s: float | None = None  # stop early (and checkpoint) after this many seconds
+
+
+@dataclass
+class Preset:
+    """A named, complete configuration."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        return cls(
+            name=d["name"],
+            data=_build(DataConfig, d.get("data", {})),
+            model=_build(ModelConfig, d.get("model", {})),
+            loss=_build(LossConfig, d.get("loss", {})),
+            train=_build(TrainConfig, d.get("train", {})),
+        )
+
+
+def _build(cls, d: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+    # JSON turns tuples into lists; give tuples back where the default is a tuple.
+    out = {}
+    for f in fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            out[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**out)
+
+
+def _smoke() -> Preset:
+    return Preset(
+        name="smoke",
+        data=DataConfig(image_size=32, masks="rect", hole_ratio=(0.1, 0.4)),
+        model=ModelConfig(image_size=32, base_channels=8),
+        loss=LossConfig(vgg_weights="none"),
+        train=TrainConfig(batch_size=2, steps=4, decay_start=2, log_every=1, sample_every=2,
+                          ckpt_every=2, device="cpu", out_dir="runs/smoke"),
+    )
+
+
+def _demo() -> Preset:
+    return Preset(
+        name="demo",
+        data=DataConfig(image_size=64, masks="irregular", hole_ratio=(0.1, 0.4)),
+        model=ModelConfig(image_size=64, base_channels=16),
+        loss=LossConfig(vgg_weights="auto"),
+        train=TrainConfig(batch_size=8, steps=400, decay_start=200, log_every=10, sample_every=100,
+                          ckpt_every=100, out_dir="runs/demo"),
+    )
+
+
+def _celeba64() -> Preset:
+    root = SHARED_ROOT / "data"
+    return Preset(
+        name="celeba64",
+        data=DataConfig(root=str(root / "celeba_10k"), layout="folder", image_size=64,
+                        resize="center_crop", masks="folder", mask_dir=str(root / "nvidia_masks_256"),
+                        train_range=(0, 9000), eval_range=(9000, 10000), num_workers=4),
+        model=ModelConfig(image_size=64, base_channels=64),
+        loss=LossConfig(vgg_weights=str(SHARED_ROOT / "weights" / "vgg16_caffe_rgb_conv1-4_fp16.pth")
+                        + ":caffe"),
+        train=TrainConfig(batch_size=32, steps=20000, decay_start=10000, log_every=50,
+                          sample_every=1000, ckpt_every=1000, out_dir="runs/celeba64"),
+    )
+
+
+def _paper256() -> Preset:
+    # Official schedule: 20 epochs constant + 100 epochs linear decay at batch size 1. Expressed in steps
+    # for a batch of 16 on a CelebA-sized training set (~160k images): 1 epoch ~ 10k steps.
+    return Preset(
+        name="paper256",
+        data=DataConfig(image_size=256, resize="square", masks="center",
+                        hole_size=OFFICIAL_CENTER_HOLE),
+        model=ModelConfig(image_size=256, base_channels=64),
+        loss=LossConfig(vgg_weights="auto"),
+        train=TrainConfig(batch_size=16, steps=1_200_000, decay_start=200_000, log_every=100,
+                          sample_every=2000, ckpt_every=2000, out_dir="runs/paper256"),
+    )
+
+
+PRESETS = {"smoke": _smoke, "demo": _demo, "celeba64": _celeba64, "paper256": _paper256}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """A fresh copy of preset ``name``; ``overrides`` use dotted keys, e.g. ``{"train.steps": 10}``.
+
+    >>> get_preset("smoke", **{"train.steps": 3}).train.steps
+    3
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    preset = PRESETS[name]()
+    for key, value in overrides.items():
+        apply_override(preset, key, value)
+    return preset
+
+
+def apply_override(preset: Preset, key: str, value: Any) -> None:
+    """Set ``section.field`` (e.g. ``"train.steps"``) on ``preset`` in place, with a clear error."""
+    section, _, name = key.partition(".")
+    target = getattr(preset, section, None)
+    if not is_dataclass(target) or not name or not hasattr(target, name):
+        raise ValueError(f"unknown setting {key!r} (expected section.field, e.g. train.steps)")
+    setattr(target, name, copy.deepcopy(value))
