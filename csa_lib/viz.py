@@ -1,0 +1,679 @@
+"""Pictures of the attention: offset fields, attention heat maps, the chain's balance, result grids.
+
+Everything here reads a ``CSAAttention`` record (``csa_lib.csa``) or contextual attention's score maps
+(``csa_lib.peers``) and turns it into arrays or matplotlib Figures. Plot functions build their figures
+with ``plt.subplots`` (so ``plt.show()`` works in a notebook) but never need a display: they run under
+the Agg backend and return the Figure, which the caller shows or closes.
+
+Conventions
+-----------
+- **Offsets** are ``[2, H, W]`` float tensors in the order ``(dy, dx)``: the source position minus the
+  hole position, in pixels of the grid they live on (rows grow downwards, columns to the right).
+  Known positions, and holes without a source, have offset 0. In optical-flow notation ``u = dx``,
+  ``v = dy``.
+- **Colours** follow the Middlebury colour wheel (Baker et al., "A Database and Evaluation Methodology
+  for Optical Flow", 2011) as DeepFill's contextual-attention figures show it: hue = direction,
+  saturation = length / ``max_norm``. Angle 0 ("the source lies to the right") is red; going clockwise
+  *on screen* (right -> down -> left -> up) the hue runs red -> yellow -> green -> cyan -> blue ->
+  magenta. Zero offset is white; lengths beyond ``max_norm`` are drawn darker (75 % brightness).
+- **Feature grid vs image**: the CSA layer works on an ``h x w`` grid (1/8 of the image); cell
+  ``(y, x)`` covers image pixels ``[y*s, (y+1)*s) x [x*s, (x+1)*s)`` with stride ``s = H / h``.
+  Maps are brought to image space by nearest-neighbour upsampling; offsets are multiplied by ``s``.
+
+Attention rows and what they sum to
+-----------------------------------
+CSA's chain writes every generated vector as ``m_t = sum_q w_t[q] f_q`` with ``w_1 = e_{c(p_1)}`` and
+``w_t = a_t w_{t-1} + b_t e_{c(p_t)}``, ``a_t = d_t/(d_t+s_t)``, ``b_t = s_t/(d_t+s_t)``. Since
+``a_t + b_t = 1``, every row sums to 1 by induction, so no renormalisation is needed (or done):
+
+- ``semantics="paper"`` (``csa_lib.csa``) clamps both scores at 0 before the ratio, so ``a_t, b_t`` lie
+  in [0, 1]: the rows are *convex* blends, non-negative, summing to 1 -- a probability map.
+- ``semantics="official"`` has no guard: with signed features ``d_t`` can be negative, so ``a_t < 0``,
+  ``b_t > 1`` (or huge, near ``d_t + s_t = 0``) happen. The rows still sum to 1 (up to rounding) but are
+  *affine* blends with negative entries.
+
+:func:`attention_heatmap` keeps the signed weights and only spreads each cell's weight over its
+``s*s`` pixels, so the map sums to the row sum (1); plots switch to a diverging colour map when a row
+has negative entries. Contextual attention's rows are softmax weights: non-negative and summing to 1
+over the valid sources (``csa_lib.peers``), so :func:`contextual_heatmap` is a probability map as well.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+# --------------------------------------------------------------------------------------------------
+# Colour wheel
+# --------------------------------------------------------------------------------------------------
+
+# Middlebury wheel: six primary/secondary colours and how many wheel entries each transition gets.
+# The uneven counts give perceptually similar arcs (the eye separates red-yellow finely, green-cyan not).
+_WHEEL_ANCHORS = ((1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (1, 0, 1))  # R Y G C B M
+_WHEEL_STEPS = (15, 6, 4, 11, 13, 6)  # RY, YG, GC, CB, BM, MR  -> 55 colours
+
+
+def color_wheel() -> torch.Tensor:
+    """The 55 hues of the Middlebury wheel as ``[55, 3]`` floats in [0, 1], starting at red."""
+    cols = []
+    for j, steps in enumerate(_WHEEL_STEPS):
+        start = torch.tensor(_WHEEL_ANCHORS[j], dtype=torch.float64)
+        end = torch.tensor(_WHEEL_ANCHORS[(j + 1) % len(_WHEEL_ANCHORS)], dtype=torch.float64)
+        for k in range(steps):  # linear ramp of one channel between neighbouring anchors
+            cols.append(start + (end - start) * k / steps)
+    return torch.stack(cols)
+
+
+def _split_flow(flow: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dy, dx) from a ``[2, H, W]`` or ``[H, W, 2]`` tensor/array (channel-first wins if both fit)."""
+    f = torch.as_tensor(np.asarray(flow) if not torch.is_tensor(flow) else flow).double()
+    if f.ndim != 3 or 2 not in (f.shape[0], f.shape[-1]):
+        raise ValueError(f"flow must have shape [2, H, W] or [H, W, 2] (dy, dx); got {tuple(f.shape)}")
+    dy, dx = (f[0], f[1]) if f.shape[0] == 2 else (f[..., 0], f[..., 1])
+    # Non-finite entries (e.g. NaN "no source") are drawn as zero offset: white.
+    return torch.nan_to_num(dy, 0.0, 0.0, 0.0), torch.nan_to_num(dx, 0.0, 0.0, 0.0)
+
+
+def flow_to_color(flow: Any, max_norm: float | None = None, as_uint8: bool = False) -> np.ndarray:
+    """Colour an offset field with the Middlebury wheel.
+
+    Args:
+        flow: offsets ``[2, H, W]`` or ``[H, W, 2]``, channel order ``(dy, dx)`` (= ``(v, u)``), any units.
+        max_norm: length drawn at full saturation; default the field's largest length (1 if all zero).
+        as_uint8: return ``uint8`` in [0, 255] instead of ``float32`` in [0, 1].
+
+    Returns:
+        RGB ``[H, W, 3]`` numpy array. Hue = direction (``atan2(dy, dx)``: right = red, clockwise on
+        screen), saturation = length / max_norm (0 = white), longer than max_norm = 75 % brightness.
+    """
+    dy, dx = _split_flow(flow)
+    mag = torch.hypot(dy, dx)
+    if max_norm is None:
+        max_norm = float(mag.max()) if mag.numel() and float(mag.max()) > 0 else 1.0
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    rad = mag / max_norm
+    wheel = color_wheel()
+    n = wheel.shape[0]
+    pos = torch.remainder(torch.atan2(dy, dx), 2 * math.pi) / (2 * math.pi) * n  # [0, n)
+    k0 = torch.floor(pos).long() % n
+    frac = (pos - torch.floor(pos)).unsqueeze(-1)
+    hue = (1 - frac) * wheel[k0] + frac * wheel[(k0 + 1) % n]  # interpolate between wheel entries
+    r = rad.unsqueeze(-1)
+    rgb = torch.where(r <= 1, 1 - r * (1 - hue), 0.75 * hue)  # desaturate towards white for short offsets
+    rgb = rgb.clamp(0, 1).numpy().astype(np.float32)
+    return (rgb * 255).round().astype(np.uint8) if as_uint8 else rgb
+
+
+def color_wheel_image(size: int = 65) -> np.ndarray:
+    """A legend: ``[size, size, 3]`` RGB in [0, 1]; pixel colour = its offset from the centre (white outside)."""
+    c = (size - 1) / 2
+    ys, xs = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing="ij")
+    rgb = flow_to_color(torch.stack([ys, xs]).double(), max_norm=c)
+    rgb[(torch.hypot(ys, xs) > c).numpy()] = 1.0
+    return rgb
+
+
+# --------------------------------------------------------------------------------------------------
+# Offsets and sources
+# --------------------------------------------------------------------------------------------------
+
+
+def offsets_from_sources(source: Any, size: tuple[int, int]) -> torch.Tensor:
+    """Offsets ``[2, h, w]`` (dy, dx) from a dense source map.
+
+    Args:
+        source: long ``[h*w]`` (or ``[h, w]``): flat raster index ``y*w + x`` of the position each
+            position copies from, ``-1`` = none (known positions); offset 0 there.
+        size: ``(h, w)`` of the grid.
+    """
+    h, w = size
+    src = torch.as_tensor(source).long().reshape(-1)
+    if src.numel() != h * w:
+        raise ValueError(f"source has {src.numel()} entries but size {size} needs {h * w}")
+    if src.numel() and (int(src.max()) >= h * w or int(src.min()) < -1):
+        raise ValueError(f"source indices must be -1 (none) or in [0, h*w = {h * w})")
+    pos = torch.arange(h * w)
+    valid = src >= 0
+    dy = torch.where(valid, src.div(w, rounding_mode="floor") - pos // w, 0)
+    dx = torch.where(valid, src.remainder(w) - pos % w, 0)
+    return torch.stack([dy, dx]).float().reshape(2, h, w)
+
+
+def _holes(att, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(T, hole_index[T], source[T]) of image ``i`` of a CSAAttention record, on the CPU."""
+    if not 0 <= i < att.count.shape[0]:
+        raise IndexError(f"image index {i} out of range for a batch of {att.count.shape[0]}")
+    T = int(att.count[i])
+    return T, att.hole_index[i, :T].long().cpu(), att.source[i, :T].long().cpu()
+
+
+def csa_sources(att, i: int = 0) -> torch.Tensor:
+    """Dense source map ``[h*w]`` long of image ``i``: ``c(p)`` at holes, ``-1`` at known positions."""
+    h, w = att.size
+    T, hole_index, source = _holes(att, i)
+    out = torch.full((h * w,), -1, dtype=torch.long)
+    out[hole_index] = source
+    return out
+
+
+def attention_offsets(att, i: int = 0) -> torch.Tensor:
+    """CSA's search result as offsets ``[2, h, w]`` (dy, dx) on the feature grid; zero at known positions."""
+    return offsets_from_sources(csa_sources(att, i), att.size)
+
+
+def hole_map(att, i: int = 0) -> torch.Tensor:
+    """Bool ``[h, w]``: True at the hole positions of image ``i``."""
+    h, w = att.size
+    out = torch.zeros(h * w, dtype=torch.bool)
+    out[_holes(att, i)[1]] = True
+    return out.reshape(h, w)
+
+
+def contextual_sources(scores: torch.Tensor, hole: torch.Tensor, i: int = 0) -> torch.Tensor:
+    """Argmax source of contextual attention, ``[h*w]`` long, ``-1`` outside the hole.
+
+    Args:
+        scores: ``[B, h*w (sources), h, w]`` softmax weights from ``ContextualAttention(...,
+            return_attention=True)``.
+        hole: bool ``[B, 1, h, w]``, ``[h, w]`` (or anything reshapeable to ``[h*w]`` for image ``i``).
+    """
+    if scores.ndim != 4 or scores.shape[1] != scores.shape[2] * scores.shape[3]:
+        raise ValueError(f"scores must be [B, h*w, h, w]; got {tuple(scores.shape)}")
+    best_w, src = scores[i].detach().cpu().flatten(1).max(0)  # [h*w]: best source of every position
+    hole_i = hole[i] if hole.ndim == 4 else hole
+    # All-zero scores mean "no valid source" (peers.ContextualAttention): -1, as for known positions.
+    return torch.where(hole_i.reshape(-1).bool().cpu() & (best_w > 0), src, -1)
+
+
+def contextual_offsets(scores: torch.Tensor, hole: torch.Tensor, i: int = 0) -> torch.Tensor:
+    """Contextual attention's argmax offsets ``[2, h, w]`` (dy, dx), zero outside the hole."""
+    return offsets_from_sources(contextual_sources(scores, hole, i), tuple(scores.shape[2:]))
+
+
+def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def _stride(size: tuple[int, int], image_size: int | Sequence[int]) -> tuple[int, int]:
+    H, W = _image_hw(image_size)
+    h, w = size
+    if H % h or W % w:
+        raise ValueError(f"image size {(H, W)} is not a whole multiple of the grid {size}")
+    return H // h, W // w
+
+
+def upsample_offsets(offsets: torch.Tensor, image_size: int | Sequence[int]) -> torch.Tensor:
+    """Offsets ``[2, h, w]`` on the feature grid -> ``[2, H, W]`` in image pixels (nearest, times the stride)."""
+    sy, sx = _stride(tuple(offsets.shape[1:]), image_size)
+    up = offsets.repeat_interleave(sy, 1).repeat_interleave(sx, 2)
+    return up * torch.tensor([sy, sx], dtype=up.dtype).view(2, 1, 1)
+
+
+def upsample_map(m: torch.Tensor, image_size: int | Sequence[int], preserve_sum: bool = False) -> torch.Tensor:
+    """A ``[h, w]`` map -> ``[H, W]`` by nearest upsampling; ``preserve_sum`` divides by the cell area."""
+    sy, sx = _stride(tuple(m.shape), image_size)
+    up = m.repeat_interleave(sy, 0).repeat_interleave(sx, 1)
+    return up / (sy * sx) if preserve_sum else up
+
+
+# --------------------------------------------------------------------------------------------------
+# The chain: rows, predecessors, balance
+# --------------------------------------------------------------------------------------------------
+
+
+def hole_step(att, i: int, y: int, x: int) -> int | None:
+    """Chain step ``t`` (0-based) of feature position ``(y, x)`` of image ``i``; None if it is known."""
+    h, w = att.size
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"position {(y, x)} outside the {h}x{w} feature grid")
+    T, hole_index, _ = _holes(att, i)
+    hit = (hole_index == y * w + x).nonzero()
+    return int(hit[0, 0]) if hit.numel() else None
+
+
+def chain_weights(att, i: int, t: int) -> torch.Tensor:
+    """Weight ``[t+1]`` (float64) that step ``t``'s row gives to the source chosen at each step ``j <= t``.
+
+    Unrolling ``w_t = a_t w_{t-1} + b_t e_{c(p_t)}`` gives ``weight_j = b_j * prod_{k=j+1..t} a_k``
+    (``b_1 = 1``): the own source gets ``b_t``, the predecessor's ``a_t b_{t-1}``, and so on. These sum
+    to 1 because ``a_k + b_k = 1``.
+    """
+    T = int(att.count[i])
+    if not 0 <= t < T:
+        raise IndexError(f"chain step {t} out of range: image {i} has {T} hole positions")
+    a = att.a[i, : t + 1].detach().double().cpu()
+    b = att.b[i, : t + 1].detach().double().cpu()
+    # suffix products of a: tail[j] = prod_{k=j+1..t} a_k, with tail[t] = 1
+    tail = torch.ones(t + 1, dtype=torch.float64)
+    if t > 0:
+        tail[:-1] = torch.flip(torch.cumprod(torch.flip(a[1:], [0]), 0), [0])
+    return b * tail
+
+
+def attention_row(att, i: int, t: int) -> torch.Tensor:
+    """Dense attention row ``w_t`` ``[h*w]`` of chain step ``t`` of image ``i``.
+
+    Uses ``att.rows`` when the layer was run with ``return_rows=True``; otherwise rebuilds the row from
+    the stored sources and coefficients with :func:`chain_weights` (same numbers, O(t) work).
+    """
+    if getattr(att, "rows", None) is not None:
+        T = int(att.count[i])
+        if not 0 <= t < T:
+            raise IndexError(f"chain step {t} out of range: image {i} has {T} hole positions")
+        return att.rows[i, t].detach().double().cpu()
+    h, w = att.size
+    _, _, source = _holes(att, i)
+    row = torch.zeros(h * w, dtype=torch.float64)
+    return row.index_add_(0, source[: t + 1], chain_weights(att, i, t))
+
+
+def attention_heatmap(att, i: int, t: int, image_size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Where chain step ``t`` of image ``i`` takes its feature from, as a map over the image.
+
+    Returns ``[H, W]`` float64 (``[h, w]`` when ``image_size`` is None): the row ``w_t`` reshaped to
+    the grid and spread evenly over each cell's pixels, so the map sums to the row sum, which is 1
+    (see the module docstring). Non-negative in the paper semantics; entries can be negative in the
+    official one (affine, not convex, blends).
+    """
+    h, w = att.size
+    m = attention_row(att, i, t).reshape(h, w)
+    return m if image_size is None else upsample_map(m, image_size, preserve_sum=True)
+
+
+def contextual_heatmap(scores: torch.Tensor, i: int, y: int, x: int,
+                       image_size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Contextual attention's softmax row for feature position ``(y, x)`` as a map that sums to 1."""
+    h, w = scores.shape[2:]
+    m = scores[i, :, y, x].detach().double().cpu().reshape(h, w)
+    return m if image_size is None else upsample_map(m, image_size, preserve_sum=True)
+
+
+def chain_balance(att, i: int = 0, fill: float = float("nan")) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a_map, b_map)``, each ``[h, w]``: per hole, the weight on the previously generated vector
+    (``a_t``, "continue the patch") and on its own best context match (``b_t``, "copy"); ``fill`` at
+    known positions. ``a_t + b_t = 1``; the first hole has ``a = 0, b = 1``."""
+    h, w = att.size
+    T, hole_index, _ = _holes(att, i)
+    maps = []
+    for coef in (att.a, att.b):
+        m = torch.full((h * w,), fill, dtype=torch.float64)
+        m[hole_index] = coef[i, :T].detach().double().cpu()
+        maps.append(m.reshape(h, w))
+    return maps[0], maps[1]
+
+
+def chain_predecessors(att, i: int, t: int, k: int = 3) -> list[dict]:
+    """Step ``t`` and up to ``k`` steps before it: dicts with ``t``, ``pos`` and ``source`` as
+    ``(y, x)`` feature cells, and ``weight`` = the weight that step ``t``'s row gives that source."""
+    h, w = att.size
+    _, hole_index, source = _holes(att, i)
+    weights = chain_weights(att, i, t)
+    out = []
+    for j in range(t, max(-1, t - k - 1), -1):
+        p, q = int(hole_index[j]), int(source[j])
+        out.append({"t": j, "pos": (p // w, p % w), "source": (q // w, q % w), "weight": float(weights[j])})
+    return out
+
+
+def neighbour_coherence(source: torch.Tensor, size: tuple[int, int], tolerance: float = 0,
+                        directions: Sequence[str] = ("right", "down")) -> float:
+    """Fraction of neighbouring hole pairs whose sources are neighbours in the same way.
+
+    For every pair (p, p') of adjacent positions that both have a source (``source >= 0``), the pair is
+    *coherent* when ``c(p') - c(p)`` equals ``p' - p`` up to ``tolerance`` cells (max norm), i.e. the two
+    copy from a contiguous patch. ``"right"`` pairs are raster neighbours. NaN when there are no pairs.
+    """
+    off = offsets_from_sources(source, size)
+    has = (torch.as_tensor(source).reshape(size) >= 0)
+    hits, total = 0, 0
+    for d in directions:
+        if d == "right":
+            a, b, ha, hb = off[:, :, :-1], off[:, :, 1:], has[:, :-1], has[:, 1:]
+        elif d == "down":
+            a, b, ha, hb = off[:, :-1, :], off[:, 1:, :], has[:-1, :], has[1:, :]
+        else:
+            raise ValueError(f"unknown direction {d!r}; use 'right' or 'down'")
+        both = ha & hb
+        same = (a - b).abs().amax(0) <= tolerance
+        hits += int((same & both).sum())
+        total += int(both.sum())
+    return hits / total if total else float("nan")
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` image in [-1, 1] -> ``[H, W, 3]`` numpy in [0, 1] for ``imshow``."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must be [3, H, W] (or [1, H, W]); got {tuple(image.shape)}")
+    img = ((image.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    return img.expand(3, -1, -1).permute(1, 2, 0).numpy()
+
+
+def masked_display(image: torch.Tensor, mask: torch.Tensor, fill: float = 1.0) -> np.ndarray:
+    """The network's view: ``[H, W, 3]`` in [0, 1] with the hole (mask ``[1, H, W]``, 1 = hole) painted ``fill``."""
+    img = to_display(image)
+    hole = mask.detach().cpu().reshape(mask.shape[-2:]).numpy() > 0.5
+    img = img.copy()
+    img[hole] = fill
+    return img
+
+
+def _grid(n_rows: int, n_cols: int, cell: float = 2.6) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def _imshow_map(ax, m: torch.Tensor | np.ndarray, title: str, colorbar: bool = True) -> None:
+    """Heat map; diverging, centred at 0, when the map has negative entries."""
+    m = np.asarray(m, dtype=np.float64)
+    finite = m[np.isfinite(m)]
+    if finite.size and finite.min() < 0:
+        lim = float(np.abs(finite).max()) or 1.0
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    else:
+        im = ax.imshow(m, cmap="magma", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+
+
+def _add_wheel_inset(ax, size: int = 41) -> None:
+    inset = ax.inset_axes([0.74, 0.74, 0.25, 0.25])
+    inset.imshow(color_wheel_image(size))
+    inset.set_axis_off()
+
+
+def plot_offsets(offsets: torch.Tensor, ax=None, max_norm: float | None = None, title: str = "offsets",
+                 legend: bool = True) -> Figure:
+    """Draw an offset field ``[2, H, W]`` (dy, dx) with the colour wheel (legend inset top right)."""
+    if ax is None:
+        fig, axes = _grid(1, 1, cell=3.2)
+        ax = axes[0, 0]
+    ax.imshow(flow_to_color(offsets, max_norm), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    if legend:
+        _add_wheel_inset(ax)
+    return ax.figure
+
+
+def _cell_rect(y: int, x: int, stride: tuple[int, int], **kw) -> Rectangle:
+    sy, sx = stride
+    return Rectangle((x * sx - 0.5, y * sy - 0.5), sx, sy, fill=False, **kw)
+
+
+def _cell_centre(y: int, x: int, stride: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) plot coordinates of a feature cell's centre in image pixels."""
+    return (x + 0.5) * stride[1] - 0.5, (y + 0.5) * stride[0] - 0.5
+
+
+def _default_step(att, i: int) -> int:
+    return int(att.count[i]) // 2  # a hole in the middle of the chain: it has predecessors
+
+
+def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: int | None = None) -> Figure:
+    """Four panels for image ``i``: masked input, CSA offsets (image space), the heat map of chain
+    step ``t`` (default: middle of the chain) with the hole cell (cyan) and its source (lime), and the
+    chain balance ``a_t`` (weight on the previously generated vector).
+
+    Args: image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]`` (1 = hole), att a CSAAttention.
+    """
+    H, W = image.shape[-2:]
+    stride = _stride(att.size, (H, W))
+    t = _default_step(att, i) if t is None else t
+    (step, *_) = chain_predecessors(att, i, t, k=0)
+    fig, axes = _grid(1, 4)
+    axes[0, 0].imshow(masked_display(image, mask))
+    axes[0, 0].set_title("input (masked)", fontsize=9)
+    plot_offsets(upsample_offsets(attention_offsets(att, i), (H, W)), ax=axes[0, 1], title="CSA offsets")
+    _imshow_map(axes[0, 2], attention_heatmap(att, i, t, (H, W)), f"row w_t, t={t}")
+    axes[0, 2].add_patch(_cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5))
+    axes[0, 2].add_patch(_cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5))
+    _imshow_map(axes[0, 3], chain_balance(att, i)[0], "a_t: continue previous")
+    fig.tight_layout()
+    return fig
+
+
+def plot_chain_balance(att, i: int = 0, image: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None) -> Figure:
+    """The chain's balance per hole position: ``b_t`` (copy the best context match) beside ``a_t``
+    (continue the previously generated vector), on the feature grid; known positions blank."""
+    a_map, b_map = chain_balance(att, i)
+    n = 3 if image is not None else 2
+    fig, axes = _grid(1, n, cell=3.0)
+    if image is not None:
+        axes[0, 0].imshow(masked_display(image, mask) if mask is not None else to_display(image))
+        axes[0, 0].set_title("input", fontsize=9)
+    _imshow_map(axes[0, n - 2], b_map, "b_t: copy from context")
+    _imshow_map(axes[0, n - 1], a_map, "a_t: continue previous")
+    fig.tight_layout()
+    return fig
+
+
+def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torch.Tensor, i: int = 0,
+                      t: int | None = None) -> Figure:
+    """CSA beside contextual attention on the same input and hole.
+
+    Top row: argmax offsets of each method (same colour scale) with the neighbour coherence (fraction of
+    adjacent hole pairs that copy a contiguous patch) in the titles. Bottom row: where the hole cell of
+    chain step ``t`` takes its feature from under each method (CSA row ``w_t``; contextual softmax row).
+
+    Args: image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]``, att CSAAttention, scores ``[B, h*w, h, w]``.
+    """
+    H, W = image.shape[-2:]
+    if tuple(scores.shape[2:]) != tuple(att.size):
+        raise ValueError(f"scores grid {tuple(scores.shape[2:])} differs from the CSA grid {att.size}")
+    stride = _stride(att.size, (H, W))
+    hole = hole_map(att, i)
+    src_csa, src_ca = csa_sources(att, i), contextual_sources(scores, hole, i)
+    off_csa, off_ca = (upsample_offsets(offsets_from_sources(s, att.size), (H, W)) for s in (src_csa, src_ca))
+    max_norm = float(max(torch.hypot(*off_csa).max(), torch.hypot(*off_ca).max(), 1.0))
+    t = _default_step(att, i) if t is None else t
+    y, x = chain_predecessors(att, i, t, k=0)[0]["pos"]
+    fig, axes = _grid(2, 3)
+    axes[0, 0].imshow(masked_display(image, mask))
+    axes[0, 0].set_title("input (masked)", fontsize=9)
+    for col, (name, src, off) in enumerate((("CSA", src_csa, off_csa), ("contextual", src_ca, off_ca)), 1):
+        coh = neighbour_coherence(src, att.size)
+        plot_offsets(off, ax=axes[0, col], max_norm=max_norm, title=f"{name}: coherent pairs {coh:.0%}")
+    axes[1, 0].imshow(to_display(image))
+    axes[1, 0].add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
+    axes[1, 0].set_title(f"hole cell ({y}, {x}), t={t}", fontsize=9)
+    _imshow_map(axes[1, 1], attention_heatmap(att, i, t, (H, W)), "CSA row w_t")
+    _imshow_map(axes[1, 2], contextual_heatmap(scores, i, y, x, (H, W)), "contextual softmax row")
+    fig.tight_layout()
+    return fig
+
+
+_GRID_KEYS = ("coarse", "refined", "composite")
+
+
+def inpainting_grid(images: Any, image: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                    n: int = 4, columns: Sequence[str] | None = None) -> Figure:
+    """A grid: one row per sample, columns input (masked) | outputs ... | ground truth.
+
+    Args:
+        images: a dict name -> ``[B, 3, H, W]`` in [-1, 1], or an ``InpaintOutput`` (its ``coarse``,
+            ``refined`` and ``composite`` are used).
+        image, mask: the ground truth ``[B, 3, H, W]`` and mask ``[B, 1, H, W]``; when given, a masked
+            input column comes first and the ground truth last.
+        n: at most this many samples. columns: which keys of ``images`` to show, in order.
+    """
+    if not isinstance(images, dict):
+        images = {k: getattr(images, k) for k in _GRID_KEYS if getattr(images, k, None) is not None}
+    cols = list(columns) if columns is not None else list(images)
+    missing = [c for c in cols if c not in images]
+    if missing:
+        raise KeyError(f"inpainting_grid: no images for column(s) {missing}; have {sorted(images)}")
+    panels: list[tuple[str, Any]] = []
+    if image is not None and mask is not None:
+        panels.append(("input (masked)", lambda b: masked_display(image[b], mask[b])))
+    panels += [(c, (lambda c: lambda b: to_display(images[c][b]))(c)) for c in cols]
+    if image is not None:
+        panels.append(("ground truth", lambda b: to_display(image[b])))
+    batch = next(iter(images.values())).shape[0] if images else image.shape[0]
+    rows = min(n, batch)
+    fig, axes = _grid(rows, len(panels), cell=2.0)
+    for b in range(rows):
+        for c, (name, draw) in enumerate(panels):
+            axes[b, c].imshow(draw(b))
+            if b == 0:
+                axes[b, c].set_title(name, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Explorer: one hole position, its source, its row and its predecessors
+# --------------------------------------------------------------------------------------------------
+
+
+def _draw_explorer_row(axes, image, mask, att, i: int, t: int, k: int) -> None:
+    """Three panels for chain step ``t``: overview with predecessors, source patch zoom, row heat map."""
+    H, W = image.shape[-2:]
+    stride = _stride(att.size, (H, W))
+    chain = chain_predecessors(att, i, t, k)
+    ax = axes[0]
+    ax.imshow(masked_display(image, mask, fill=0.85))
+    # Fainter for older steps: the chain's memory fades with the product of a_k.
+    for n_back, step in reversed(list(enumerate(chain))):
+        alpha = 1.0 if n_back == 0 else 0.35 + 0.4 / n_back
+        ax.add_patch(_cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5, alpha=alpha))
+        ax.add_patch(_cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5, alpha=alpha))
+        ax.plot(*zip(_cell_centre(*step["pos"], stride), _cell_centre(*step["source"], stride)),
+                color="yellow", lw=0.8, alpha=alpha)
+    me = chain[0]
+    ax.set_title(f"t={t} at {me['pos']} <- {me['source']}", fontsize=8)
+    # Zoom on the source cell with one cell of context around it.
+    sy, sx = stride
+    (qy, qx) = me["source"]
+    y0, x0 = max(0, (qy - 1) * sy), max(0, (qx - 1) * sx)
+    crop = to_display(image)[y0:(qy + 2) * sy, x0:(qx + 2) * sx]
+    axes[1].imshow(crop, interpolation="nearest")
+    axes[1].add_patch(Rectangle((qx * sx - x0 - 0.5, qy * sy - y0 - 0.5), sx, sy, fill=False,
+                                edgecolor="lime", lw=1.5))
+    axes[1].set_title("source patch (+1 cell)", fontsize=8)
+    weights = ", ".join(f"{s['weight']:.2f}" for s in chain)
+    _imshow_map(axes[2], attention_heatmap(att, i, t, (H, W)), f"row w_t; chain weights {weights}",
+                colorbar=False)
+
+
+def _as_step(att, i: int, p) -> int:
+    """A preset position: an int is a chain step, a pair ``(y, x)`` a hole cell on the feature grid."""
+    if isinstance(p, (int, np.integer)):
+        return int(p)
+    t = hole_step(att, i, int(p[0]), int(p[1]))
+    if t is None:
+        raise ValueError(f"feature position {tuple(p)} is not a hole of image {i}")
+    return t
+
+
+def explorer_static(image: torch.Tensor, mask: torch.Tensor, att, positions: Sequence | None = None,
+                    i: int = 0, k: int = 3) -> Figure:
+    """The explorer as a static figure: one row per preset position (chain step ``t`` or hole cell
+    ``(y, x)``; default: first, middle and last hole). Columns: the image with the hole cell (cyan), its
+    source (lime) and its ``k`` predecessors (fainter); a zoom on the source patch; the row ``w_t``.
+
+    Args: image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]`` (1 = hole), att a CSAAttention.
+    """
+    T = int(att.count[i])
+    if T == 0:
+        raise ValueError(f"image {i} has no hole positions at the feature resolution")
+    positions = [0, T // 2, T - 1] if positions is None else list(positions)
+    fig, axes = _grid(len(positions), 3, cell=2.8)
+    for r, p in enumerate(positions):
+        _draw_explorer_row(axes[r], image, mask, att, i, _as_step(att, i, p), k)
+    fig.tight_layout()
+    return fig
+
+
+class AttentionExplorer:
+    """Interactive view of one hole position: sliders pick a feature cell ``(y, x)`` (or click on the
+    overview when matplotlib runs an interactive backend such as ipympl); the figure shows the cell's
+    source patch, its attention row and its ``k`` predecessors in the chain.
+
+    ``display(explorer)`` (or leaving it as a cell's last expression) shows the widgets when ipywidgets
+    is installed; without ipywidgets it shows :meth:`static`. Widgets in a kernel with no frontend (a
+    test run, nbconvert) are harmless: nothing renders, nothing fails. Use :meth:`static` for a figure
+    that reads well without a live kernel.
+    """
+
+    def __init__(self, image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, k: int = 3):
+        self.image, self.mask, self.att, self.i, self.k = image, mask, att, i, k
+        self.stride = _stride(att.size, image.shape[-2:])
+        if int(att.count[i]) == 0:
+            raise ValueError(f"image {i} has no hole positions at the feature resolution")
+        first = int(att.hole_index[i, int(att.count[i]) // 2])
+        self.start = divmod(first, att.size[1])  # (y, x) of the middle hole
+
+    def figure(self, y: int, x: int) -> Figure:
+        """The three explorer panels for feature cell ``(y, x)`` (a message if it is a known position)."""
+        t = hole_step(self.att, self.i, y, x)
+        fig, axes = _grid(1, 3, cell=2.8)
+        if t is None:
+            axes[0, 0].imshow(masked_display(self.image, self.mask, fill=0.85))
+            axes[0, 0].add_patch(_cell_rect(y, x, self.stride, edgecolor="red", lw=1.5))
+            axes[0, 0].set_title(f"{(y, x)} is a known position: pick a hole", fontsize=8)
+            for ax in axes[0, 1:]:
+                ax.set_axis_off()
+        else:
+            _draw_explorer_row(axes[0], self.image, self.mask, self.att, self.i, t, self.k)
+        fig.tight_layout()
+        return fig
+
+    def static(self, positions: Sequence | None = None) -> Figure:
+        """Static fallback: :func:`explorer_static` for preset positions."""
+        return explorer_static(self.image, self.mask, self.att, positions, self.i, self.k)
+
+    def widget(self):
+        """An ipywidgets VBox (sliders + output); raises ImportError when ipywidgets is missing."""
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        h, w = self.att.size
+        ys = widgets.IntSlider(value=self.start[0], min=0, max=h - 1, description="y (feature)")
+        xs = widgets.IntSlider(value=self.start[1], min=0, max=w - 1, description="x (feature)")
+        out = widgets.Output()
+
+        def redraw(*_):
+            with out:
+                out.clear_output(wait=True)
+                fig = self.figure(ys.value, xs.value)
+                # A click on the overview moves the sliders (needs an interactive backend, e.g. ipympl).
+                fig.canvas.mpl_connect("button_press_event", lambda ev: self._on_click(ev, fig, ys, xs))
+                display(fig)
+                plt.close(fig)
+
+        ys.observe(redraw, names="value")
+        xs.observe(redraw, names="value")
+        redraw()
+        return widgets.VBox([widgets.HBox([ys, xs]), out])
+
+    def _on_click(self, event, fig, ys, xs) -> None:
+        if event.inaxes is not fig.axes[0] or event.xdata is None:
+            return
+        ys.value = int((event.ydata + 0.5) // self.stride[0])
+        xs.value = int((event.xdata + 0.5) // self.stride[1])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        try:
+            display(self.widget())
+        except ImportError:  # no ipywidgets: the static figure still tells the story
+            fig = self.static()
+            display(fig)
+            plt.close(fig)
