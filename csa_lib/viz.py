@@ -347,6 +347,31 @@ def neighbour_coherence(source: torch.Tensor, size: tuple[int, int], tolerance: 
     return hits / total if total else float("nan")
 
 
+@torch.no_grad()
+def run_with_attention_input(generator: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor):
+    """Run a ``CSAInpainter`` and also catch what its attention layer saw.
+
+    Returns ``(out, features, hole)``: the ``InpaintOutput`` (with ``.attention``), the features entering
+    the attention layer ``[B, 8C, h, w]`` (signed, before InstanceNorm) and the feature hole
+    ``bool [B, 1, h, w]``. Feeding the same ``features, hole`` to another layer (e.g.
+    ``peers.ContextualAttention``) compares the two attentions on exactly the same input.
+    """
+    layers = [lvl.attention for lvl in generator.refine_net.levels if getattr(lvl, "attention", None) is not None]
+    if len(layers) != 1:
+        raise ValueError(f"expected one attention layer in generator.refine_net, found {len(layers)}")
+    seen = {}
+
+    def grab(module, args):  # forward pre-hook: args = (x, hole, ...)
+        seen["x"], seen["hole"] = args[0].detach(), args[1].detach()
+
+    handle = layers[0].register_forward_pre_hook(grab)
+    try:
+        out = generator(image, mask, return_attention=True)
+    finally:
+        handle.remove()
+    return out, seen["x"], seen["hole"]
+
+
 # --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------

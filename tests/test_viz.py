@@ -315,3 +315,21 @@ def test_explorer_static_and_interactive_views(scene):
     box = explorer.widget()  # no frontend here: building the widgets must still work
     assert len(box.children) == 2
     plt.close("all")
+
+
+def test_run_with_attention_input_catches_what_the_layer_saw(gen):
+    networks = pytest.importorskip("csa_lib.networks")
+    csa = pytest.importorskip("csa_lib.csa")
+    from csa_lib.config import get_preset
+
+    torch.manual_seed(0)
+    G = networks.build_models(get_preset("smoke").model)[0].eval()
+    image = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:24, 8:24] = 1
+    mask[1, :, 0:16, 4:20] = 1
+    out, x, hole = viz.run_with_attention_input(G, image, mask)
+    assert x.shape[-2:] == hole.shape[-2:] == out.feature_hole.shape[-2:]
+    assert torch.equal(hole, out.feature_hole)
+    _, att = csa.CoherentSemanticAttention()(x, hole, return_attention=True)  # same input, same search
+    assert torch.equal(att.source, out.attention.source) and torch.equal(att.count, out.attention.count)
