@@ -255,15 +255,10 @@ def fid(real_images: Tensor, fake_images: Tensor, weights: str | os.PathLike | N
 # --------------------------------------------------------------------------------------------------
 # The evaluation protocol
 # --------------------------------------------------------------------------------------------------
-def ratio_bin_label(ratio: float, width: int = 10) -> str:
-    """Hole-ratio bin of a ratio in [0, 1]: 0.15 -> "10-20%" (lower edge inclusive; 1.0 -> "90-100%")."""
-    lo = min(int(math.floor(ratio * 100 / width + 1e-9)) * width, 100 - width)
-    return f"{lo}-{lo + width}%"
-
-
 def hole_ratio_bin(mask: Tensor) -> str:
-    """Bin label of one mask ``[1,H,W]`` (or ``[H,W]``), 1 = hole: its hole fraction in 10 % bins."""
-    return ratio_bin_label(float((mask > 0.5).float().mean()))
+    """Bin label of one mask ``[1,H,W]`` (1 = hole) by its hole fraction: "0-10%", "10-20%", ... (NVIDIA-style)."""
+    from csa_lib.masks import hole_ratio, ratio_bin
+    return ratio_bin(hole_ratio(mask))
 
 
 def _bin_order(label: str) -> tuple:
