@@ -1,0 +1,424 @@
+"""The Coherent Semantic Attention (CSA) layer of Liu et al., ICCV 2019.
+
+Two implementations of the same computation:
+
+* :func:`csa_reference` -- a plain per-image loop that follows the paper line by line (the teaching
+  version and the test oracle; it works in float64 and is differentiable, but slow).
+* :class:`CoherentSemanticAttention` -- the fast layer used by the networks: one batched similarity
+  matmul, a masked argmax and gathers, then the sequential T-step chain run by a compiled kernel
+  (numba on CPU, Triton on CUDA, a plain torch loop when neither is available).
+
+The algorithm (features F with N = H*W positions, known set K, holes p_1 < ... < p_T in raster order):
+
+    search:    c(p) = argmax_{q in K} D_max(p, q),   s_t = D_max(p_t, c(p_t)),   k_t = f_{c(p_t)}
+    generate:  m_1 = k_1
+               m_t = a_t m_{t-1} + b_t k_t   with   d_t = D_ad(m_{t-1}, f_{p_t})
+    output:    y_p = f_p on known positions, y_{p_t} = m_t on holes
+
+``semantics="official"`` reproduces the official code (KumapowerLIU/CSA-inpainting) exactly:
+    D_max(p, q) = <f_p, f_q> / (||f_q|| + 1e-8)              (the query f_p is not normalised)
+    D_ad        = <m_{t-1}, f_{p_t} / (||f_{p_t}|| + 1e-8)>   (the generated vector is not normalised)
+    a_t = d_t / (d_t + s_t),  b_t = s_t / (d_t + s_t)          (no guard: may explode or be NaN)
+
+``semantics="paper"`` uses cosine similarities for both scores, as the paper describes, plus a guard
+(the official code has none; signed features make d_t + s_t reach 0, official issue #26):
+    d' = max(d_t, 0),  s' = max(s_t, 0) + GUARD_EPS,  a_t = d' / (d' + s'),  b_t = s' / (d' + s')
+a_t + b_t = 1 exactly, so m_t is always a convex blend of m_{t-1} and k_t; when the previous vector
+points away from the current feature (d_t <= 0) the layer copies k_t; when both scores are <= 0 it
+also copies k_t (a = 0, b = 1). Never NaN, never larger than the largest input vector.
+
+Conventions shared by both implementations:
+* argmax ties go to the known position with the smallest raster index (torch.argmax's rule);
+* known positions are returned unchanged (the official code writes f_{c(p)} there, where c(p) is the
+  best known match of the known position p; by Cauchy-Schwarz that is p itself up to exact ties with a
+  parallel vector of larger norm, which we ignore);
+* an image without holes is returned unchanged (count 0); an image without any known position has
+  nothing to copy from: it is returned unchanged and its attention reports count 0.
+
+Backward: ``backward="autograd"`` is the true gradient of the forward (through D_max, D_ad, the
+coefficients and the gathered k_t; the argmax is piecewise constant). ``backward="official"`` is the
+official custom rule, see :class:`_OfficialBackward`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+NORM_EPS = 1e-8  # added to norms before dividing (the official code's value)
+GUARD_EPS = 1e-6  # paper mode: added to max(s, 0) so that d' + s' > 0 always
+SEMANTICS = ("paper", "official")
+BACKWARDS = ("autograd", "official")
+CHAINS = ("auto", "torch", "numba", "triton")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention record
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class CSAAttention:
+    """What the layer did, padded per batch (T_max = max holes over the images of the batch).
+
+    count:      LongTensor [B]            number of generated hole positions T of each image
+    hole_index: LongTensor [B, T_max]     flat raster index h*W+w of the t-th hole (-1 = padding)
+    source:     LongTensor [B, T_max]     flat index of the chosen known position c(p_t) (-1 = padding)
+    d_max:      Tensor [B, T_max]         s_t, the search score of the chosen source
+    d_ad:       Tensor [B, T_max]         d_t, similarity of m_{t-1} and f_{p_t} (0 at t = 1)
+    a, b:       Tensor [B, T_max]         chain coefficients (a = 0, b = 1 at t = 1)
+    rows:       Tensor [B, T_max, H*W]    dense attention rows w_t (only with return_rows=True):
+                                          w_1 = e_{c(p_1)}, w_t = a_t w_{t-1} + b_t e_{c(p_t)}, m_t = w_t F
+    size:       (H, W)
+    Padded entries of the float tensors are 0. All tensors are detached.
+    """
+
+    count: Tensor
+    hole_index: Tensor
+    source: Tensor
+    d_max: Tensor
+    d_ad: Tensor
+    a: Tensor
+    b: Tensor
+    rows: Tensor | None
+    size: tuple[int, int]
+
+    def image(self, i: int) -> dict:
+        """Unpadded tensors of image i: keys hole_index, source, d_max, d_ad, a, b (and rows), count, size."""
+        T = int(self.count[i])
+        out = {"count": T, "size": self.size}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor) and f.name != "count":
+                out[f.name] = v[i, :T]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------
+def _check_inputs(x: Tensor, hole: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate x [B,C,H,W] (float) and hole [B or 1,1,H,W] (bool or 0/1); return hole as bool [B,1,H,W]."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"CSA: x must be a 4-D tensor [B, C, H, W], got {_shape(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"CSA: x must be a floating tensor, got dtype {x.dtype}")
+    if not isinstance(hole, Tensor) or hole.dim() != 4 or hole.shape[1] != 1:
+        raise ValueError(f"CSA: hole must be a 4-D tensor [B, 1, H, W], got {_shape(hole)}")
+    B, _, H, W = x.shape
+    if hole.shape[2:] != (H, W) or hole.shape[0] not in (1, B):
+        raise ValueError(f"CSA: hole {tuple(hole.shape)} does not match x {tuple(x.shape)} "
+                         f"(expected [{B} or 1, 1, {H}, {W}])")
+    if hole.device != x.device:
+        raise ValueError(f"CSA: hole is on {hole.device} but x is on {x.device}")
+    if hole.dtype != torch.bool:
+        if hole.is_complex() or not ((hole == 0) | (hole == 1)).all():
+            raise ValueError("CSA: hole must be bool or contain only 0 and 1 (1 = hole); "
+                             f"got dtype {hole.dtype} with other values")
+        hole = hole != 0
+    return x, hole.expand(B, 1, H, W)
+
+
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _check_semantics(semantics: str) -> bool:
+    """Return True for the paper semantics; raise on unknown names."""
+    if semantics not in SEMANTICS:
+        raise ValueError(f"CSA: semantics must be one of {SEMANTICS}, got {semantics!r}")
+    return semantics == "paper"
+
+
+def _normalise(v: Tensor) -> Tensor:
+    """v / (||v|| + NORM_EPS) along the last dim."""
+    return v / (v.norm(dim=-1, keepdim=True) + NORM_EPS)
+
+
+def _coefficients(d: Tensor, s: Tensor, paper: bool) -> tuple[Tensor, Tensor]:
+    """(a, b) of the chain from d = D_ad and s = D_max; the paper mode applies the guard."""
+    if paper:
+        d = d.clamp(min=0)
+        s = s.clamp(min=0) + GUARD_EPS
+    return d / (d + s), s / (d + s)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The reference: a per-image loop that reads like the paper
+# ----------------------------------------------------------------------------------------------------
+def csa_reference(x: Tensor, hole: Tensor, semantics: str = "paper", return_attention: bool = False,
+                  return_rows: bool = False):
+    """CSA by the book, one image and one hole at a time (slow; the oracle for tests).
+
+    x: [B, C, H, W] float features (any sign), hole: bool [B, 1, H, W] (True = hole).
+    Returns y [B, C, H, W] (differentiable w.r.t. x), or (y, CSAAttention) with return_attention or
+    return_rows. See the module docstring for both semantics and the paper-mode guard.
+    """
+    paper = _check_semantics(semantics)
+    x, hole = _check_inputs(x, hole)
+    B, C, H, W = x.shape
+    N = H * W
+    outputs, records = [], []
+    for i in range(B):
+        f = x[i].reshape(C, N).t()                    # f[p] = feature vector at raster position p
+        is_hole = hole[i, 0].reshape(N).tolist()
+        holes = [p for p in range(N) if is_hole[p]]   # raster order p_1 < p_2 < ...
+        known = [q for q in range(N) if not is_hole[q]]
+        y = f.clone()
+        rec = dict(hole_index=[], source=[], d_max=[], d_ad=[], a=[], b=[], rows=[])
+        if holes and known:
+            f_known = f[known]                        # [K, C]
+            # 1. Search: the best known match of every hole, a hard argmax.
+            sources, scores = [], []
+            for p in holes:
+                query = _normalise(f[p]) if paper else f[p]
+                sim = _normalise(f_known) @ query     # D_max(p, q) for all known q, [K]
+                j = int(torch.argmax(sim))            # first maximum wins ties
+                sources.append(known[j])
+                scores.append(sim[j])
+            # 2. Generate: the chain in raster order, each step blends the previous output and k_t.
+            m_prev, w_prev = None, None
+            for t, p in enumerate(holes):
+                k_t, s_t = f[sources[t]], scores[t]
+                if t == 0:
+                    d_t, a_t, b_t = torch.zeros_like(s_t), torch.zeros_like(s_t), torch.ones_like(s_t)
+                    m_t = k_t
+                else:
+                    m_ad = _normalise(m_prev) if paper else m_prev
+                    d_t = m_ad @ _normalise(f[p])     # D_ad(m_{t-1}, f_{p_t})
+                    a_t, b_t = _coefficients(d_t, s_t, paper)
+                    m_t = a_t * m_prev + b_t * k_t
+                y[p] = m_t
+                if return_rows:                       # w_t: m_t as a combination of the known features
+                    w_t = torch.zeros(N, dtype=x.dtype, device=x.device)
+                    if w_prev is not None:
+                        w_t = a_t.detach() * w_prev
+                    w_t[sources[t]] += b_t.detach()
+                    rec["rows"].append(w_t)
+                    w_prev = w_t
+                m_prev = m_t
+                for key, v in zip(("hole_index", "source", "d_max", "d_ad", "a", "b"),
+                                  (p, sources[t], s_t, d_t, a_t, b_t)):
+                    rec[key].append(v)
+        outputs.append(y.t().reshape(C, H, W))
+        records.append(rec)
+    y = torch.stack(outputs)
+    if not (return_attention or return_rows):
+        return y
+    return y, _pack_records(records, x, return_rows)
+
+
+def _pack_records(records: list[dict], x: Tensor, with_rows: bool) -> CSAAttention:
+    """Pad the per-image lists of csa_reference into a CSAAttention."""
+    B, _, H, W = x.shape
+    T_max = max(len(r["hole_index"]) for r in records)
+    count = torch.tensor([len(r["hole_index"]) for r in records], dtype=torch.long)
+    out = {"count": count.to(x.device)}
+    for key, dtype, pad in (("hole_index", torch.long, -1), ("source", torch.long, -1), ("d_max", x.dtype, 0),
+                            ("d_ad", x.dtype, 0), ("a", x.dtype, 0), ("b", x.dtype, 0)):
+        t = torch.full((B, T_max), pad, dtype=dtype, device=x.device)
+        for i, r in enumerate(records):
+            if r[key]:
+                t[i, :len(r[key])] = torch.stack([torch.as_tensor(v) for v in r[key]]).detach().to(t)
+        out[key] = t
+    rows = None
+    if with_rows:
+        rows = torch.zeros(B, T_max, H * W, dtype=x.dtype, device=x.device)
+        for i, r in enumerate(records):
+            if r["rows"]:
+                rows[i, :len(r["rows"])] = torch.stack(r["rows"])
+    return CSAAttention(rows=rows, size=(H, W), **out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fast layer
+# ----------------------------------------------------------------------------------------------------
+def _search(F: Tensor, holeflat: Tensor, paper: bool):
+    """Batched search on F [B, N, C] (a view, any strides) with holeflat bool [B, N].
+
+    Returns count [B], hole_index [B,T] (-1 pad), valid bool [B,T], source [B,T] (-1 pad),
+    q_hat [B,T,C] (normalised hole features), k [B,T,C] (best known features), s [B,T] (D_max).
+    q_hat, k and s are differentiable w.r.t. F; the argmax is taken without a graph.
+    """
+    B, N, C = F.shape
+    n_hole = holeflat.sum(1)
+    count = torch.where(n_hole < N, n_hole, torch.zeros_like(n_hole))   # no known position -> nothing to do
+    T = int(count.max()) if B else 0                                   # the one host synchronisation
+    ar = torch.arange(N, device=F.device)
+    key = ar + N * (~holeflat).long()                                  # holes first, raster order
+    order = key.argsort(dim=1)[:, :T]
+    valid = torch.arange(T, device=F.device) < count[:, None]
+    safe = torch.where(valid, order, torch.zeros_like(order))
+    bi = torch.arange(B, device=F.device)[:, None]
+    F_hat = _normalise(F)                                              # [B,N,C]
+    q, q_hat = F[bi, safe], F_hat[bi, safe]                            # [B,T,C]
+    query = q_hat if paper else q
+    with torch.no_grad():
+        sim = torch.bmm(query, F_hat.transpose(1, 2))                  # [B,T,N], D_max for all pairs
+        sim.masked_fill_(holeflat[:, None, :], float("-inf"))         # sources must be known
+        src = sim.argmax(dim=2)
+    k = F[bi, src]
+    s = (query * F_hat[bi, src]).sum(-1)                               # differentiable D_max(p_t)
+    hole_index = torch.where(valid, order, torch.full_like(order, -1))
+    source = torch.where(valid, src, torch.full_like(src, -1))
+    return count, hole_index, valid, source, q_hat, k, s
+
+
+def _chain_torch(k: Tensor, g: Tensor, s: Tensor, valid: Tensor, paper: bool):
+    """The generate step as plain torch ops over the batch (autograd handles its backward).
+
+    k, g: [B,T,C] (best known features, normalised hole features), s: [B,T], valid: bool [B,T].
+    Returns m [B,T,C] and d, a, b [B,T]. Padded steps keep m unchanged and report 0.
+    """
+    B, T, C = k.shape
+    if T == 0:
+        z = s.new_zeros(B, 0)
+        return k.new_zeros(B, 0, C), z, z, z
+    m = k[:, 0]
+    zero = torch.zeros_like(s[:, 0])
+    ms, ds, as_, bs = [m], [zero], [zero], [valid[:, 0].to(s.dtype)]    # m_1 = k_1: a = 0, b = 1
+    for t in range(1, T):
+        v = valid[:, t]
+        m_ad = _normalise(m) if paper else m
+        d = (m_ad * g[:, t]).sum(-1)
+        a, b = _coefficients(d, s[:, t], paper)
+        m_new = a[:, None] * m + b[:, None] * k[:, t]
+        m = torch.where(v[:, None], m_new, m)
+        ms.append(m), ds.append(torch.where(v, d, zero))
+        as_.append(torch.where(v, a, zero)), bs.append(torch.where(v, b, zero))
+    return torch.stack(ms, 1), torch.stack(ds, 1), torch.stack(as_, 1), torch.stack(bs, 1)
+
+
+def _sanitise_padding(k: Tensor, g: Tensor, s: Tensor, valid: Tensor):
+    """Padded steps get k = g = 0, s = 1 so that no 0/0 appears there (NaN * 0 = NaN in backward)."""
+    v = valid[..., None]
+    return (torch.where(v, k, torch.zeros_like(k)), torch.where(v, g, torch.zeros_like(g)),
+            torch.where(valid, s, torch.ones_like(s)))
+
+
+def _rows(source: Tensor, a: Tensor, b: Tensor, count: Tensor, N: int) -> Tensor:
+    """Dense attention rows w_t [B,T,N] by the recurrence w_t = a_t w_{t-1} + b_t e_{c(p_t)}."""
+    B, T = source.shape
+    rows = a.new_zeros(B, T, N)
+    w = a.new_zeros(B, N)
+    for t in range(T):
+        w = w * a[:, t, None]
+        w = w.scatter_add(1, source[:, t, None].clamp(min=0), b[:, t, None])
+        rows[:, t] = w
+    return rows * (torch.arange(T, device=a.device) < count[:, None])[..., None]
+
+
+def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bool):
+    """The fast forward: returns y [B,C,H,W] (differentiable) and a CSAAttention."""
+    B, C, H, W = x.shape
+    N = H * W
+    F = x.flatten(2).transpose(1, 2)                                   # [B,N,C] view, no copy
+    holeflat = hole.reshape(B, N)
+    count, hole_index, valid, source, q_hat, k, s = _search(F, holeflat, paper)
+    k, g, s = _sanitise_padding(k, q_hat, s, valid)
+    m, d, a, b = _run_chain(chain, k, g, s, count, valid, paper)
+    y = x.clone()
+    yv = y.flatten(2).transpose(1, 2)                                  # [B,N,C] view of y
+    bi, ti = valid.nonzero(as_tuple=True)
+    yv[bi, hole_index[bi, ti]] = m[bi, ti]
+    zero = torch.zeros_like(s)
+    att = CSAAttention(count=count, hole_index=hole_index, source=source,
+                       d_max=torch.where(valid, s, zero).detach(), d_ad=d.detach(), a=a.detach(),
+                       b=b.detach(), rows=None, size=(H, W))
+    if want_rows:
+        att.rows = _rows(source, att.a, att.b, count, N)
+    return y, att
+
+
+def _run_chain(chain: str, k, g, s, count, valid, paper):
+    """Dispatch the generate step to a back-end (see CoherentSemanticAttention)."""
+    if chain == "torch":
+        return _chain_torch(k, g, s, valid, paper)
+    raise ValueError(f"CSA: unknown chain back-end {chain!r}")
+
+
+class _OfficialBackward(torch.autograd.Function):
+    """Forward = the given CSA output; backward = the official rule grad_in = grad_out + W^T grad_out.
+
+    W is the N x N attention matrix of the official code, stored there in an int64 tensor, so every
+    weight is truncated toward zero: known rows are e_p (identity), the first hole's row is e_{c(p_1)},
+    later hole rows are trunc(w_t), which is 0 unless a weight reaches |w| >= 1 (the exploding case).
+    Consequences: hole positions receive their own gradient unchanged (no column of W is a hole); known
+    positions receive twice their gradient, plus grad_out[p_1] at c(p_1); no gradient flows through the
+    argmax, the scores or the coefficients. Not the gradient of the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, rows_int, hole_index, holeflat):
+        ctx.save_for_backward(rows_int, hole_index, holeflat)
+        ctx.x_shape = x.shape
+        return y.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows_int, hole_index, holeflat = ctx.saved_tensors
+        B, C, H, W = ctx.x_shape
+        G = grad_out.flatten(2).transpose(1, 2)                        # [B,N,C]
+        bi = torch.arange(B, device=G.device)[:, None]
+        g_holes = G[bi, hole_index.clamp(min=0)]                       # [B,T,C]; padded rows of W are 0
+        WtG = (~holeflat)[..., None] * G + torch.bmm(rows_int.transpose(1, 2), g_holes)
+        grad = G + WtG
+        return grad.transpose(1, 2).reshape(B, C, H, W), None, None, None, None
+
+
+class CoherentSemanticAttention(nn.Module):
+    """The CSA layer: holes are filled by the raster-order chain of best-matching known features.
+
+    semantics: "paper" (cosine scores + guard, the default) or "official" (the official code's exact
+    forward, no guard). backward: "autograd" (the true gradient) or "official" (the official custom
+    rule, see :class:`_OfficialBackward`). chain: "auto" (Triton on CUDA, numba on CPU, else torch),
+    "numba", "triton" or "torch" -- all give the same result.
+
+    forward(x [B,C,H,W] float, hole bool [B,1,H,W] (True = hole; [1,1,H,W] is broadcast)) -> y [B,C,H,W]
+    (known positions unchanged), or (y, CSAAttention) with return_attention=True or return_rows=True.
+    Each image has its own mask and its own number of holes T.
+    """
+
+    def __init__(self, semantics: str = "paper", backward: str = "autograd", chain: str = "auto"):
+        super().__init__()
+        _check_semantics(semantics)
+        if backward not in BACKWARDS:
+            raise ValueError(f"CSA: backward must be one of {BACKWARDS}, got {backward!r}")
+        if chain not in CHAINS:
+            raise ValueError(f"CSA: chain must be one of {CHAINS}, got {chain!r}")
+        self.semantics, self.backward, self.chain = semantics, backward, chain
+
+    def extra_repr(self) -> str:
+        return f"semantics={self.semantics!r}, backward={self.backward!r}, chain={self.chain!r}"
+
+    def forward(self, x: Tensor, hole: Tensor, return_attention: bool = False, return_rows: bool = False):
+        x, hole = _check_inputs(x, hole)
+        paper = self.semantics == "paper"
+        chain = _pick_chain(self.chain, x)
+        if self.backward == "autograd":
+            y, att = _csa_forward(x, hole, paper, chain, return_rows)
+        else:
+            with torch.no_grad():
+                y, att = _csa_forward(x, hole, paper, chain, True)
+            rows_int = att.rows.trunc()                            # what an int64 tensor keeps
+            y = _OfficialBackward.apply(x, y, rows_int, att.hole_index, hole.reshape(x.shape[0], -1))
+            if not return_rows:
+                att.rows = None
+        if return_attention or return_rows:
+            return y, att
+        return y
+
+
+def available_chains(device: str | torch.device = "cpu") -> list[str]:
+    """The chain back-ends that can run on `device` here (always includes "torch")."""
+    return ["torch"]
+
+
+def _pick_chain(chain: str, x: Tensor) -> str:
+    """Resolve chain="auto" to the fastest back-end available for x's device; check explicit choices."""
+    avail = available_chains(x.device)
+    if chain == "auto":
+        return avail[-1]
+    if chain not in avail:
+        raise RuntimeError(f"CSA: chain back-end {chain!r} is not available for {x.device} "
+                           f"(available: {avail})")
+    return chain
