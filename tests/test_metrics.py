@@ -276,3 +276,20 @@ def test_results_table_format(tiny_set):
     mixed = M.results_table({"c": a, "r": raw})
     assert "| output |" in mixed.splitlines()[0] and "raw" in mixed
     assert M.results_table(a).splitlines()[2].startswith("| model | 10-20% | 3 |")
+
+
+def test_evaluate_on_fixed_eval_masks_is_reproducible():
+    # The protocol: build_dataset(cfg, "eval") draws sample i's mask from eval_seed, so two evaluations
+    # (two models, two sessions) score the same holes and give the same numbers for the same generator.
+    from csa_lib.config import get_preset
+    from csa_lib.data import build_dataset
+
+    cfg = get_preset("smoke").data
+    blur = lambda image, mask: torch.nn.functional.avg_pool2d(image, 3, 1, 1)  # noqa: E731
+    runs = [M.evaluate(blur, build_dataset(cfg, "eval"), batch_size=16, masks_by_bin="hole_ratio",
+                       progress=False, masks=M.describe_masks(cfg)) for _ in range(2)]
+    assert runs[0].bins == runs[1].bins
+    for k in M.METRICS:
+        assert torch.equal(runs[0].values[k], runs[1].values[k])
+    assert runs[0].n == len(build_dataset(cfg, "eval"))
+    assert runs[0].masks.startswith("rect 10%-40%")
