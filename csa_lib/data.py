@@ -24,6 +24,9 @@ from torch.utils.data import Dataset
 from .config import SHARED_ROOT
 from .masks import MaskFolder, as_generator, check_mask, make_mask_source
 
+#: Real data beside a checkout (``../shared/data``; may be absent, never committed).
+SHARED_DATA = SHARED_ROOT / "data"
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 #: In ``img_align_celeba`` (178x218) the face sits below the image centre, so the usual square crop starts
@@ -35,9 +38,11 @@ CELEBA_CROP_TOP = 0.75
 # ----------------------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------------------
-def data_root() -> Path:
-    """Where datasets live: ``$CSA_DATA_ROOT`` if set, else ``../shared/data`` beside the checkout."""
-    return Path(os.environ.get("CSA_DATA_ROOT", SHARED_ROOT / "data")).expanduser()
+def data_root(default: str | Path | None = None) -> Path | None:
+    """The image folder named by ``$CSA_DATA_ROOT`` (e.g. ``/data/celeba/img_align_celeba``), else
+    ``default`` (notebooks pass ``../shared/data/celeba_10k``). Only a path: nothing is checked or fetched."""
+    value = os.environ.get("CSA_DATA_ROOT") or default
+    return None if value is None else Path(value).expanduser()
 
 
 def _existing_dir(root: str | Path, what: str = "image folder") -> Path:

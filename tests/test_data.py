@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import shared_path
 from csa_lib.config import DataConfig, get_preset
 from csa_lib.data import (CELEBA_CROP_TOP, EmbeddedDataset, InpaintingDataset, build_dataset,
-                          celeba_split_files, list_images, load_image, paris_files, places2_files,
+                          celeba_split_files, data_root, list_images, load_image, paris_files, places2_files,
                           prepare_image, sample_images)
 from csa_lib.masks import MaskFolder, center_mask, random_rect_mask
 
@@ -197,6 +197,13 @@ def test_places2_and_paris_layouts(tmp_path):
     assert [p.name for p in paris_files(tmp_path, "train")] == ["p.png"]
     ds = build_dataset(DataConfig(root=str(tmp_path), layout="places2", image_size=8), "eval")
     assert len(ds) == 4  # no places365_val.txt: every image under the root
+
+
+def test_data_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("CSA_DATA_ROOT", raising=False)
+    assert data_root() is None and data_root(tmp_path) == tmp_path
+    monkeypatch.setenv("CSA_DATA_ROOT", str(tmp_path / "faces"))
+    assert data_root(tmp_path) == tmp_path / "faces"
 
 
 # --- embedded photos ---------------------------------------------------------------------------------------------------
