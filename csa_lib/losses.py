@@ -1,0 +1,159 @@
+"""CSA training losses (CSA_SPEC section 4).
+
+Generator:  lambda_r (L1_coarse + L1_refined)
+          + lambda_c (consistency(csa_out) + consistency(decoder_feat))
+          + lambda_d (RaLSGAN_G(image D) + RaLSGAN_G(feature D))
+Discriminators: 0.5 RaLSGAN_D(image D) + 0.5 RaLSGAN_D(feature D)     (official weighting)
+
+Paper weights: lambda_r = 1, lambda_c = 0.01, lambda_d = 0.002 (the official 100 : 1 : 0.2).
+
+``LossConfig.mode``:
+- ``"paper"`` (default): every term is live.
+- ``"official"``: reproduces the official code's defect: the consistency terms are added as detached
+  values (computed with the official formula: MSE over *all* positions of ``feat * hole`` against the
+  full VGG map) and the feature discriminator's generator term sees detached VGG features. Both are
+  still computed and logged but give no gradient, so the generator really trains on
+  ``lambda_r * L1 + lambda_d * GAN_image``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import LossConfig
+
+MODES = ("paper", "official")
+
+
+def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over all pixels (official: ``nn.L1Loss`` on the whole image)."""
+    return (pred.float() - target.float()).abs().mean()
+
+
+def match_channels(target: Tensor, channels: int) -> Tensor:
+    """VGG relu4_3 has 512 channels; a narrow generator (8C < 512) is compared with channel-group means.
+
+    ``target`` ``[B,512,h,w]`` -> ``[B,channels,h,w]``: consecutive groups of ``512 // channels`` channels
+    averaged. Identity at the paper width (C = 64). Not in the paper: it only lets small CPU models
+    use the same loss.
+    """
+    c = target.shape[1]
+    if channels == c:
+        return target
+    if channels > c or c % channels:
+        raise ValueError(f"cannot compare {channels} generator channels with {c} VGG channels "
+                         f"(need a divisor of {c}; base_channels must divide 64)")
+    return target.reshape(target.shape[0], channels, c // channels, *target.shape[2:]).mean(dim=2)
+
+
+def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, formula: str = "paper") -> Tensor:
+    """Squared distance between a generator feature and VGG relu4_3 of the ground truth.
+
+    feat ``[B,C,h,w]``; target ``[B,512,h,w]`` (reduced to C channels by :func:`match_channels`);
+    hole bool ``[B,1,h,w]``.
+    - ``"paper"``: mean over hole positions and channels of ``(feat - target)^2`` (known positions are
+      left out entirely).
+    - ``"official"``: the InnerCos formula: ``mean((feat * hole - target)^2)`` over all positions, so
+      known positions contribute the constant ``target^2``.
+    """
+    target = match_channels(target.float(), feat.shape[1])
+    h = hole.float()
+    diff2 = (feat.float() * (h if formula == "official" else 1) - target) ** 2
+    if formula == "official":
+        return diff2.mean()
+    if formula != "paper":
+        raise ValueError(f"unknown consistency formula {formula!r}; choose 'paper' or 'official'")
+    n = h.sum() * feat.shape[1]
+    return (diff2 * h).sum() / n.clamp_min(1)
+
+
+def ralsgan_d(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
+    """Relativistic average LSGAN, discriminator side: real should beat the average fake by 1 and vice
+    versa. ``((r - E[f] - 1)^2 + (f - E[r] + 1)^2) / 2`` averaged over all patch scores."""
+    r, f = real_pred.float(), fake_pred.float()
+    return (((r - f.mean() - 1) ** 2).mean() + ((f - r.mean() + 1) ** 2).mean()) / 2
+
+
+def ralsgan_g(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
+    """RaLSGAN, generator side: the targets swap. ``((r - E[f] + 1)^2 + (f - E[r] - 1)^2) / 2``."""
+    r, f = real_pred.float(), fake_pred.float()
+    return (((r - f.mean() + 1) ** 2).mean() + ((f - r.mean() - 1) ** 2).mean()) / 2
+
+
+class InpaintingLoss(nn.Module):
+    """All CSA losses. ``vgg`` is a :class:`csa_lib.vgg.VGG16Features` (frozen; moved with ``.to``).
+
+    Use: ``d_total, d_logs = loss.discriminator(out, image, image_D, feature_D)`` then
+    ``g_total, g_logs = loss.generator(out, image, mask, image_D, feature_D)``. The generator pass
+    also puts gradients into the discriminators' ``.grad``: zero them before their next step.
+    """
+
+    def __init__(self, cfg: LossConfig | None = None, vgg: nn.Module | None = None):
+        super().__init__()
+        cfg = cfg or LossConfig()
+        if cfg.mode not in MODES:
+            raise ValueError(f"LossConfig.mode={cfg.mode!r}; choose one of {MODES}")
+        if vgg is None:
+            from .vgg import VGG16Features
+
+            vgg = VGG16Features(cfg.vgg_weights)
+        self.cfg = cfg
+        self.vgg = vgg
+
+    @property
+    def official(self) -> bool:
+        return self.cfg.mode == "official"
+
+    def generator_terms(self, out, image: Tensor, mask: Tensor, image_D: nn.Module,
+                        feature_D: nn.Module) -> dict[str, Tensor]:
+        """The unweighted generator terms as tensors (dead ones detached in official mode).
+
+        out: :class:`csa_lib.networks.InpaintOutput`; image ``[B,3,H,W]`` in [-1,1]; mask ``[B,1,H,W]``
+        (used through ``out.feature_hole``; kept in the signature for losses on the hole).
+        """
+        del mask  # the feature-resolution hole travels in `out`
+        with torch.no_grad():
+            real = self.vgg(image, taps=("pool3", "relu4_3"))
+            real_img_pred = image_D(image)
+            real_feat_pred = feature_D(real["pool3"])
+        fake = out.refined.detach() if self.official else out.refined  # official: VGG of fake_B.data
+        fake_pool3 = self.vgg(fake, taps=("pool3",))["pool3"]
+        formula = "official" if self.official else "paper"
+        terms = {
+            "l1_coarse": l1_loss(out.coarse, image),
+            "l1_refined": l1_loss(out.refined, image),
+            "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, formula),
+            "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole, formula),
+            "g_image": ralsgan_g(real_img_pred, image_D(out.refined)),
+            "g_feature": ralsgan_g(real_feat_pred, feature_D(fake_pool3)),
+        }
+        if self.official:
+            # Official: Variable(loss.data, requires_grad=True) -- a value without a graph.
+            terms["cons_csa"] = terms["cons_csa"].detach()
+            terms["cons_decoder"] = terms["cons_decoder"].detach()
+        return terms
+
+    def generator(self, out, image: Tensor, mask: Tensor, image_D: nn.Module,
+                  feature_D: nn.Module) -> tuple[Tensor, dict[str, float]]:
+        """Weighted generator loss (scalar tensor) and a dict of float logs (terms and ``g_total``)."""
+        t = self.generator_terms(out, image, mask, image_D, feature_D)
+        c = self.cfg
+        total = (c.lambda_r * (t["l1_coarse"] + t["l1_refined"])
+                 + c.lambda_c * (t["cons_csa"] + t["cons_decoder"])
+                 + c.lambda_d * (t["g_image"] + t["g_feature"]))
+        logs = {k: float(v.detach()) for k, v in t.items()}
+        logs["g_total"] = float(total.detach())
+        return total, logs
+
+    def discriminator(self, out, image: Tensor, image_D: nn.Module,
+                      feature_D: nn.Module) -> tuple[Tensor, dict[str, float]]:
+        """``0.5 RaLSGAN_D(image D) + 0.5 RaLSGAN_D(feature D)`` on the detached refined output."""
+        fake = out.refined.detach()
+        with torch.no_grad():
+            real_pool3 = self.vgg(image, taps=("pool3",))["pool3"]
+            fake_pool3 = self.vgg(fake, taps=("pool3",))["pool3"]
+        d_image = ralsgan_d(image_D(image), image_D(fake))
+        d_feature = ralsgan_d(feature_D(real_pool3), feature_D(fake_pool3))
+        total = 0.5 * d_image + 0.5 * d_feature
+        return total, {"d_image": float(d_image.detach()), "d_feature": float(d_feature.detach()),
+                       "d_total": float(total.detach())}

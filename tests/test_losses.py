@@ -1,0 +1,144 @@
+"""Losses: formulas, paper vs official gradient paths, one full G/D step."""
+import warnings
+
+import pytest
+import torch
+
+from csa_lib.config import LossConfig, ModelConfig
+from csa_lib.losses import InpaintingLoss, consistency_loss, l1_loss, match_channels, ralsgan_d, ralsgan_g
+from csa_lib.masks import center_mask, random_rect_mask
+from csa_lib.networks import build_models
+from csa_lib.vgg import VGG16Features
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return VGG16Features("none")
+
+
+def _setup(gen, attention="csa", size=32, base=8):
+    G, D, FD = build_models(ModelConfig(image_size=size, base_channels=base, attention=attention))
+    img = torch.rand(2, 3, size, size, generator=gen) * 2 - 1
+    mask = torch.stack([center_mask(size), random_rect_mask(size, generator=gen)])
+    return G, D, FD, img, mask
+
+
+def test_l1_and_ralsgan_values():
+    a, b = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
+    assert l1_loss(a, b).item() == pytest.approx(0.5)
+    r, f = torch.tensor([2.0, 0.0]), torch.tensor([1.0, -1.0])  # E[r] = 1, E[f] = 0
+    # D: ((r - 0 - 1)^2 mean = (1 + 1)/2 = 1, (f - 1 + 1)^2 mean = (1 + 1)/2 = 1) / 2 = 1
+    assert ralsgan_d(r, f).item() == pytest.approx(1.0)
+    # G: ((r + 1)^2 mean = (9 + 1)/2 = 5, (f - 2)^2 mean = (1 + 9)/2 = 5) / 2 = 5
+    assert ralsgan_g(r, f).item() == pytest.approx(5.0)
+    # At the D optimum (real scores = fake scores + 1 on average) the D loss is 0.
+    assert ralsgan_d(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0])).item() == 0
+
+
+def test_consistency_loss_hole_only(gen):
+    feat = torch.randn(2, 512, 4, 4, generator=gen)
+    target = torch.randn(2, 512, 4, 4, generator=gen)
+    hole = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    hole[0, 0, 1, 2] = hole[1, 0, 3, 3] = True
+    expected = ((feat[0, :, 1, 2] - target[0, :, 1, 2]) ** 2).sum() + ((feat[1, :, 3, 3] - target[1, :, 3, 3]) ** 2).sum()
+    torch.testing.assert_close(consistency_loss(feat, target, hole), expected / (2 * 512))
+    # Known positions do not matter at all in the paper formula...
+    feat2 = torch.where(hole, feat, torch.randn(feat.shape, generator=gen))
+    torch.testing.assert_close(consistency_loss(feat2, target, hole), expected / (2 * 512))
+    # ...but the official formula compares 0 with the target there.
+    official = ((feat * hole - target) ** 2).mean()
+    torch.testing.assert_close(consistency_loss(feat, target, hole, "official"), official)
+    assert consistency_loss(feat, target, torch.zeros_like(hole)).item() == 0  # no hole, no loss
+
+
+def test_match_channels():
+    t = torch.arange(512.0).view(1, 512, 1, 1)
+    assert match_channels(t, 512) is t
+    torch.testing.assert_close(match_channels(t, 64)[0, :2, 0, 0], torch.tensor([3.5, 11.5]))
+    with pytest.raises(ValueError, match="divisor"):
+        match_channels(t, 96)
+
+
+def _encoder_grad(cfg, vgg, gen, which):
+    """Gradient of one term (or the total) w.r.t. the 3x3 conv feeding the CSA layer."""
+    G, D, FD, img, mask = _setup(gen)
+    loss = InpaintingLoss(cfg, vgg)
+    out = G(img, mask)
+    w = G.refine_net.levels[2].down[4].weight
+    if which == "total":
+        total, _ = loss.generator(out, img, mask, D, FD)
+        total.backward()
+        return w.grad
+    term = loss.generator_terms(out, img, mask, D, FD)[which]
+    if not term.requires_grad:
+        return None
+    (g,) = torch.autograd.grad(term, w, allow_unused=True)
+    return g
+
+
+@pytest.mark.parametrize("term", ["cons_csa", "cons_decoder"])
+def test_consistency_gradient_paper_vs_official(term, vgg, gen):
+    g = _encoder_grad(LossConfig(mode="paper"), vgg, gen, term)
+    assert g is not None and g.abs().sum() > 0
+    assert _encoder_grad(LossConfig(mode="official"), vgg, gen, term) is None
+
+
+def test_only_consistency_weight_reaches_encoder(vgg, gen):
+    """With lambda_r = lambda_d = 0 the total is lambda_c * consistency: live in paper mode only."""
+    paper = _encoder_grad(LossConfig(mode="paper", lambda_r=0, lambda_d=0), vgg, gen, "total")
+    official = _encoder_grad(LossConfig(mode="official", lambda_r=0, lambda_d=0), vgg, gen, "total")
+    assert paper.abs().sum() > 0
+    assert official is None or official.abs().sum() == 0
+
+
+def test_feature_gan_term_paper_vs_official(vgg, gen):
+    """The feature discriminator's generator term reaches G in paper mode only (official detaches)."""
+    for mode, live in (("paper", True), ("official", False)):
+        G, D, FD, img, mask = _setup(gen)
+        out = G(img, mask)
+        t = InpaintingLoss(LossConfig(mode=mode), vgg).generator_terms(out, img, mask, D, FD)["g_feature"]
+        (g,) = torch.autograd.grad(t, out.refined, allow_unused=True)
+        assert (g is not None and g.abs().sum() > 0) == live, mode
+
+
+def test_generator_total_is_weighted_sum(vgg, gen):
+    G, D, FD, img, mask = _setup(gen)
+    cfg = LossConfig(lambda_r=1.0, lambda_c=0.01, lambda_d=0.002)
+    with torch.no_grad():
+        out = G(img, mask)
+        total, logs = InpaintingLoss(cfg, vgg).generator(out, img, mask, D, FD)
+    expect = (logs["l1_coarse"] + logs["l1_refined"] + 0.01 * (logs["cons_csa"] + logs["cons_decoder"])
+              + 0.002 * (logs["g_image"] + logs["g_feature"]))
+    assert total.item() == pytest.approx(expect, rel=1e-5)
+    assert logs["g_total"] == pytest.approx(expect, rel=1e-5)
+
+
+def test_full_training_step(vgg, gen):
+    """One D step then one G step changes the weights and gives finite losses (batch 2, per-image masks)."""
+    G, D, FD, img, mask = _setup(gen, base=4)
+    loss = InpaintingLoss(LossConfig(), vgg)
+    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(list(D.parameters()) + list(FD.parameters()), 2e-4, betas=(0.5, 0.999))
+    out = G(img, mask)
+    d_total, d_logs = loss.discriminator(out, img, D, FD)
+    opt_d.zero_grad()
+    d_total.backward()
+    assert all(p.grad is None for p in G.parameters())  # D step does not touch G
+    before_d = D.model[0].weight.detach().clone()
+    opt_d.step()
+    g_total, g_logs = loss.generator(out, img, mask, D, FD)
+    opt_g.zero_grad()
+    g_total.backward()
+    before_g = G.refine_net.stem.weight.detach().clone()
+    opt_g.step()
+    assert not torch.equal(before_d, D.model[0].weight) and not torch.equal(before_g, G.refine_net.stem.weight)
+    assert all(torch.isfinite(torch.tensor(v)) for v in {**d_logs, **g_logs}.values())
+    assert set(g_logs) >= {"l1_coarse", "l1_refined", "cons_csa", "cons_decoder", "g_image", "g_feature", "g_total"}
+    assert set(d_logs) == {"d_image", "d_feature", "d_total"}
+
+
+def test_bad_mode_raises(vgg):
+    with pytest.raises(ValueError, match="mode"):
+        InpaintingLoss(LossConfig(mode="nope"), vgg)
