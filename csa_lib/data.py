@@ -169,8 +169,8 @@ def prepare_image(img: Image.Image, size: int, resize: str = "square",
         raise ValueError(f"crop_top must be a fraction in [0, 1], got {crop_top!r}")
     s = min(w, h)
     left, top = (w - s) // 2, round(crop_top * (h - s))
-    # PIL's box argument crops and resizes in one antialiased step.
-    return img.resize((size, size), Image.BICUBIC, box=(left, top, left + s, top + s))
+    # Crop first, then resize: pixels outside the square never leak in through the resize filter.
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -322,7 +322,7 @@ class EmbeddedDataset(Dataset):
         u = torch.rand(4, generator=g).tolist()
         side = max(1, round(min(w, h) * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])))
         left, top = round(u[1] * (w - side)), round(u[2] * (h - side))
-        img = photo.resize((self.image_size,) * 2, Image.BICUBIC, box=(left, top, left + side, top + side))
+        img = photo.crop((left, top, left + side, top + side)).resize((self.image_size,) * 2, Image.BICUBIC)
         image = to_tensor(img)
         return image.flip(-1) if self.flip and u[3] < 0.5 else image
 
