@@ -295,16 +295,21 @@ def _sanitise_padding(k: Tensor, g: Tensor, s: Tensor, valid: Tensor):
             torch.where(valid, s, torch.ones_like(s)))
 
 
-def _rows(source: Tensor, a: Tensor, b: Tensor, count: Tensor, N: int) -> Tensor:
+def _rows(source: Tensor, a: Tensor, b: Tensor, count: Tensor, N: int, chain: str = "torch") -> Tensor:
     """Dense attention rows w_t [B,T,N] by the recurrence w_t = a_t w_{t-1} + b_t e_{c(p_t)}."""
     B, T = source.shape
+    if chain == "numba":
+        rows = a.new_zeros(B, T, N)
+        _kernels().attention_rows(_np(source), _np(a), _np(b), _np(count), rows.numpy())
+        return rows
     rows = a.new_zeros(B, T, N)
     w = a.new_zeros(B, N)
     for t in range(T):
         w = w * a[:, t, None]
         w = w.scatter_add(1, source[:, t, None].clamp(min=0), b[:, t, None])
         rows[:, t] = w
-    return rows * (torch.arange(T, device=a.device) < count[:, None])[..., None]
+    valid = (torch.arange(T, device=a.device) < count[:, None])[..., None]
+    return torch.where(valid, rows, torch.zeros_like(rows))
 
 
 def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bool):
@@ -325,7 +330,7 @@ def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bo
                        d_max=torch.where(valid, s, zero).detach(), d_ad=d.detach(), a=a.detach(),
                        b=b.detach(), rows=None, size=(H, W))
     if want_rows:
-        att.rows = _rows(source, att.a, att.b, count, N)
+        att.rows = _rows(source, att.a, att.b, count, N, chain)
     return y, att
 
 
@@ -333,7 +338,60 @@ def _run_chain(chain: str, k, g, s, count, valid, paper):
     """Dispatch the generate step to a back-end (see CoherentSemanticAttention)."""
     if chain == "torch":
         return _chain_torch(k, g, s, valid, paper)
+    if chain == "numba":
+        return _NumbaChain.apply(k, g, s, count, paper)
     raise ValueError(f"CSA: unknown chain back-end {chain!r}")
+
+
+def _np(t: Tensor):
+    """A numpy view of a CPU tensor (made contiguous, detached) for the numba kernels."""
+    return t.detach().contiguous().numpy()
+
+
+class _NumbaChain(torch.autograd.Function):
+    """The chain on CPU: numba forward and a hand-written numba reverse recurrence for backward.
+
+    Inputs k, g [B,T,C], s [B,T] (padding sanitised), count LongTensor [B]; outputs m [B,T,C] and
+    d, a, b [B,T] (not differentiable). Gradients flow to k, g and s; torch autograd takes them on
+    to the features through the gathers and the normalisation.
+    """
+
+    @staticmethod
+    def forward(ctx, k, g, s, count, paper):
+        kern = _kernels()
+        k, g, s, count = k.contiguous(), g.contiguous(), s.contiguous(), count.contiguous()
+        m = torch.zeros_like(k)
+        d, a, b = (torch.zeros_like(s) for _ in range(3))
+        kern.chain_forward(_np(k), _np(g), _np(s), _np(count), paper, NORM_EPS, GUARD_EPS,
+                           m.numpy(), d.numpy(), a.numpy(), b.numpy())
+        ctx.save_for_backward(k, g, s, m, d, a, b, count)
+        ctx.paper = paper
+        ctx.mark_non_differentiable(d, a, b)
+        return m, d, a, b
+
+    @staticmethod
+    def backward(ctx, gm, *_):
+        k, g, s, m, d, a, b, count = ctx.saved_tensors
+        gk, gg, gs = torch.zeros_like(k), torch.zeros_like(g), torch.zeros_like(s)
+        _kernels().chain_backward(_np(gm), _np(k), _np(g), _np(s), _np(m), _np(d), _np(a), _np(b),
+                                  _np(count), ctx.paper, NORM_EPS, GUARD_EPS, gk.numpy(), gg.numpy(),
+                                  gs.numpy())
+        return gk, gg, gs, None, None
+
+
+_KERNELS = None
+
+
+def _kernels():
+    """Import the numba kernels once (numba is optional; None when it is missing)."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from csa_lib import _csa_kernels
+            _KERNELS = _csa_kernels
+        except ImportError:
+            _KERNELS = False
+    return _KERNELS or None
 
 
 class _OfficialBackward(torch.autograd.Function):
@@ -409,8 +467,11 @@ class CoherentSemanticAttention(nn.Module):
 
 
 def available_chains(device: str | torch.device = "cpu") -> list[str]:
-    """The chain back-ends that can run on `device` here (always includes "torch")."""
-    return ["torch"]
+    """The chain back-ends that can run on `device` here, slowest first (always includes "torch")."""
+    chains = ["torch"]
+    if torch.device(device).type == "cpu" and _kernels() is not None:
+        chains.append("numba")
+    return chains
 
 
 def _pick_chain(chain: str, x: Tensor) -> str:
