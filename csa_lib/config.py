@@ -46,6 +46,7 @@ class DataConfig:
     layout: str = "folder"  # "folder" | "celeba" | "places2" | "paris"
     image_size: int = 256
     resize: str = "square"  # "square" (official: resize to a square) | "center_crop" (CelebA faces)
+    crop_top: float | None = None  # center_crop: square starts at this fraction of the spare rows (None = 0.5)
     masks: str = "center"  # "center" | "rect" | "irregular" | "folder"
     mask_dir: str | None = None  # folder of mask PNGs (white = hole) when masks == "folder"
     hole_size: int | None = None  # centre hole side in pixels; None = 120/256 of the image size
@@ -96,6 +97,9 @@ class TrainConfig:
     ckpt_every: int = 100
     out_dir: str = "runs/default"
     time_budget_s: float | None = None  # stop early (and checkpoint) after this many seconds
+    grad_check: bool = True  # stop on a NaN/Inf gradient norm as well as on a NaN/Inf loss
+    tensorboard: bool = True  # also log to <out_dir>/tb when the tensorboard package is installed
+    num_samples: int = 4  # images in the periodic sample grids (fixed evaluation samples)
 
 
 @dataclass
@@ -163,7 +167,8 @@ def _celeba64() -> Preset:
     return Preset(
         name="celeba64",
         data=DataConfig(root=str(root / "celeba_10k"), layout="folder", image_size=64,
-                        resize="center_crop", masks="folder", mask_dir=str(root / "nvidia_masks_256"),
+                        resize="center_crop", crop_top=0.75,  # faces sit below the centre (data/README.md)
+                        masks="folder", mask_dir=str(root / "nvidia_masks_256"),
                         train_range=(0, 9000), eval_range=(9000, 10000), num_workers=4),
         model=ModelConfig(image_size=64, base_channels=64),
         loss=LossConfig(vgg_weights=str(SHARED_ROOT / "weights" / "vgg16_caffe_rgb_conv1-4_fp16.pth")

@@ -1,0 +1,627 @@
+"""Training: the two-stage generator against an image and a feature discriminator.
+
+One optimisation step (the official order, CSA_SPEC section 5)::
+
+    out   = G(image, mask)                          # coarse, refined, composite, CSA features
+    D, F  <- Adam on  L_D(out.detach(), image)      # both discriminators, RaLSGAN
+    G     <- Adam on  L_G(out, image, mask, D, F)   # L1 + consistency + adversarial, D and F frozen
+    every LR <- LambdaLR: constant, then linear decay to 0 from ``decay_start`` to ``steps``
+
+What the trainer adds around that step:
+
+- batches of several images, each with its own mask; bf16 autocast on CUDA, fp32 on CPU;
+- a data order that is a pure function of ``(seed, images seen)``: epoch ``e`` visits the images in the
+  permutation drawn from a generator seeded by ``(seed, e)``, and sample ``k`` (mask, flip) draws its
+  randomness from a generator seeded by ``(seed, k)``. A checkpoint therefore only needs a counter, and a
+  resumed run sees exactly the batches that an uninterrupted run would have seen;
+- checkpoints written atomically (temporary file, fsync, ``os.replace``) with every state needed for an
+  exact resume: models, optimisers, schedulers, RNG states, step, preset; the previous good checkpoint is
+  kept as ``prev.pt``;
+- a stop with :class:`NonFiniteLossError` on the first NaN/Inf loss (or gradient), before anything is
+  written, so the last good checkpoint stays intact;
+- logs: a tqdm bar, ``log.jsonl`` (one JSON object per logged step), TensorBoard when installed, and sample
+  grids (input | coarse | refined | composite | ground truth) under ``samples/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .config import Preset
+
+CKPT_DIR = "checkpoints"
+LAST, PREV = "last.pt", "prev.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss (or gradient) became NaN/Inf; ``step`` and ``term`` say where. Nothing was saved."""
+
+    def __init__(self, step: int, term: str, value: float, checkpoint: Path | None = None):
+        self.step, self.term, self.value = step, term, value
+        where = f"; last good checkpoint untouched: {checkpoint}" if checkpoint else ""
+        super().__init__(f"non-finite {term} = {value} at step {step}; training stopped{where}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices, seeds and the learning-rate schedule
+# --------------------------------------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available (use device=cpu or auto)")
+    return torch.device(name)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``"auto"`` = bf16 on CUDA and full fp32 on CPU; ``"bf16"``; ``"off"``."""
+    if amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"train.amp must be auto, bf16 or off, got {amp!r}")
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers, e.g. ``derive_seed(seed, epoch)``.
+
+    Plain ``seed + epoch`` would make (seed 0, epoch 1) and (seed 1, epoch 0) identical; SeedSequence
+    hashes the tuple instead.
+    """
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def lr_factor(step: int, steps: int, decay_start: int | None) -> float:
+    """The official schedule: 1 until ``decay_start``, then linear to 0 at ``steps``.
+
+    >>> [lr_factor(s, 10, 6) for s in (0, 5, 6, 8, 10)]
+    [1.0, 1.0, 1.0, 0.5, 0.0]
+    """
+    if decay_start is None or step < decay_start or steps <= decay_start:
+        return 1.0
+    return max(0.0, (steps - step) / (steps - decay_start))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, steps: int, decay_start: int | None):
+    # A closure (a plain function) keeps the LambdaLR state free of the schedule's numbers, so a run
+    # resumed with more steps follows the new preset instead of the checkpoint's.
+    def factor(step: int) -> float:
+        return lr_factor(step, steps, decay_start)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data order as a function of (seed, images seen)
+# --------------------------------------------------------------------------------------------------
+class StepBatchSampler:
+    """Yields, for each step from ``start_step``, a batch of ``(index, sample_seed)`` pairs.
+
+    Sample ``k`` (counting images since the start of training) is image ``perm_e[k % N]`` with
+    ``e = k // N`` and ``perm_e = randperm(N, seed=(seed, e))``; its own randomness is seeded by
+    ``(seed, k)``. Nothing here has state beyond ``start_step``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int):
+        if n <= 0:
+            raise ValueError("the training dataset is empty")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.steps = start_step, steps
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        out, perm, perm_epoch = [], None, -1
+        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch = k // self.n
+            if epoch != perm_epoch:
+                perm, perm_epoch = self.permutation(epoch), epoch
+            out.append((int(perm[k % self.n]), derive_seed(self.seed, 1_000_003, k)))
+        return out
+
+    def __iter__(self):
+        for step in range(self.start_step, self.steps):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``ds[(i, s)]`` is ``dataset[i]`` drawn with all global RNGs seeded by ``s``.
+
+    The datasets draw masks and flips from the global generators; forking them here makes every sample a
+    function of its seed (also inside DataLoader workers) and leaves the trainer's own RNG stream alone.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            seed_everything(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG state and checkpoints (only tensors and primitive containers: loadable with weights_only=True)
+# --------------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """All global RNG states as tensors/primitives."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+
+    A crash at any point leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform (Windows), hence the guard.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_candidates(path: str | Path) -> list[Path]:
+    """The file itself, or for a run folder ``checkpoints/last.pt`` then ``checkpoints/prev.pt``."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint or run folder not found: {path}")
+    folder = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+    found = [folder / name for name in (LAST, PREV) if (folder / name).is_file()]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint ({LAST} or {PREV}) in {folder}")
+    return found
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a trainer checkpoint (``weights_only=True``): a file, or a run folder's newest loadable one
+    (``last.pt``, falling back to ``prev.pt`` when ``last.pt`` is torn). Errors name the file."""
+    errors = []
+    for candidate in checkpoint_candidates(path):
+        try:
+            ckpt = torch.load(candidate, map_location=device, weights_only=True)
+        except Exception as e:  # a torn or foreign file: try the previous one
+            errors.append(f"cannot read checkpoint {candidate}: {str(e).splitlines()[0]}")
+            continue
+        if not isinstance(ckpt, dict) or "generator" not in ckpt or "preset" not in ckpt:
+            errors.append(f"{candidate} is not a csa_lib training checkpoint")
+            continue
+        ckpt["path"] = str(candidate)
+        return ckpt
+    raise ValueError("; ".join(errors))
+
+
+def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """``(generator in eval mode on device, Preset)`` from a checkpoint file or run folder."""
+    from .networks import build_models
+
+    ckpt = load_checkpoint(checkpoint)
+    preset = Preset.from_dict(ckpt["preset"])
+    generator = build_models(preset.model)[0]
+    generator.load_state_dict(ckpt["generator"])
+    return generator.to(device).eval(), preset
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers for the step
+# --------------------------------------------------------------------------------------------------
+def detach_output(out):
+    """A copy of an ``InpaintOutput`` whose tensors are detached (the discriminator step must not
+    backpropagate into the generator)."""
+    changes = {f.name: getattr(out, f.name).detach() for f in dataclasses.fields(out)
+               if isinstance(getattr(out, f.name), torch.Tensor)}
+    return dataclasses.replace(out, **changes)
+
+
+def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(flag)
+
+
+def grad_norm(params) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def masked_input(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the network sees, for pictures: known pixels, holes painted white. ``[B,3,H,W]``."""
+    return image * (1 - mask) + mask
+
+
+def sample_grid(image, mask, out, path: Path) -> Path:
+    """PNG with one row per image: input | coarse | refined | composite | ground truth."""
+    from torchvision.utils import save_image
+
+    cols = [masked_input(image, mask), out.coarse, out.refined, out.composite, image]
+    rows = torch.stack([c.detach().float().cpu().clamp(-1, 1) for c in cols], dim=1)  # [B,5,3,H,W]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(rows.flatten(0, 1) * 0.5 + 0.5, path, nrow=len(cols), padding=2, pad_value=1.0)
+    return path
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl`` file, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------
+class Trainer:
+    """Trains ``build_models(preset.model)`` with ``InpaintingLoss(preset.loss, vgg)``.
+
+    >>> t = Trainer(get_preset("smoke"))      # doctest: +SKIP
+    >>> t.fit()                                # writes runs/smoke/{log.jsonl,samples/,checkpoints/}
+
+    ``vgg`` may be passed in to share one frozen network between trainers (tests, notebooks).
+    """
+
+    def __init__(self, preset: Preset, vgg: nn.Module | None = None, progress: bool = True):
+        from .data import build_dataset
+        from .losses import InpaintingLoss
+        from .networks import build_models
+        from .vgg import VGG16Features
+
+        self.preset, self.progress = preset, progress
+        cfg = preset.train
+        self.device = resolve_device(cfg.device)
+        self.amp = amp_dtype(cfg.amp, self.device)
+        self.out_dir = Path(cfg.out_dir)
+        seed_everything(cfg.seed)  # model initialisation is a function of the seed
+
+        self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
+        if vgg is None:  # "auto" falls back to random weights (with a warning) rather than download
+            vgg = VGG16Features(preset.loss.vgg_weights)
+        self.criterion = InpaintingLoss(preset.loss, vgg).to(self.device)
+
+        def adam(module):
+            return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+
+        self.opt = {"G": adam(self.G), "D": adam(self.D), "F": adam(self.F)}
+        self.sched = {k: make_scheduler(o, cfg.steps, cfg.decay_start) for k, o in self.opt.items()}
+        self.train_set = build_dataset(preset.data, "train")
+        self.eval_set = build_dataset(preset.data, "eval")
+        self.step = 0
+        self.elapsed_s = 0.0  # training time summed over all sessions of this run
+        self._writer = None
+
+    # ---- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.G.state_dict(), "image_D": self.D.state_dict(),
+            "feature_D": self.F.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.opt.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.sched.items()},
+            "rng": rng_state(),
+            # The data order is a function of these numbers only (see StepBatchSampler).
+            "sampler": {"seed": self.preset.train.seed, "step": self.step,
+                        "batch_size": self.preset.train.batch_size, "dataset_len": len(self.train_set)},
+            "step": self.step, "elapsed_s": self.elapsed_s,
+            "preset": self.preset.to_dict(),
+            "versions": {"torch": str(torch.__version__)},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        s = ckpt["sampler"]
+        if (s["batch_size"], s["dataset_len"]) != (self.preset.train.batch_size, len(self.train_set)):
+            raise ValueError(f"cannot resume exactly: checkpoint has batch size {s['batch_size']} and "
+                             f"{s['dataset_len']} images, this run {self.preset.train.batch_size} and "
+                             f"{len(self.train_set)}")
+        self.G.load_state_dict(ckpt["generator"])
+        self.D.load_state_dict(ckpt["image_D"])
+        self.F.load_state_dict(ckpt["feature_D"])
+        for k, o in self.opt.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        for k, sch in self.sched.items():
+            sch.load_state_dict(ckpt["schedulers"][k])
+        set_rng_state(ckpt["rng"])
+        self.step, self.elapsed_s = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the full training state atomically to ``path``."""
+        return atomic_save(self.state_dict(), path)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CKPT_DIR / LAST
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/last.pt``, keeping the one it replaces as ``prev.pt``."""
+        last = self.checkpoint_path
+        tmp = atomic_save(self.state_dict(), last.with_name("next.pt"))
+        if last.exists():
+            os.replace(last, last.with_name(PREV))
+        os.replace(tmp, last)
+        _fsync_dir(last.parent)
+        return last
+
+    @classmethod
+    def resume(cls, path: str | Path, overrides: dict[str, Any] | None = None, **kwargs) -> "Trainer":
+        """A trainer in the exact state of the checkpoint at ``path`` (file or run folder).
+
+        ``overrides`` (dotted keys, e.g. ``{"train.steps": 2000}``) change the stored preset; the run keeps
+        writing into the folder it was resumed from unless ``train.out_dir`` is overridden.
+        """
+        from .config import apply_override
+
+        ckpt = load_checkpoint(path)
+        preset = Preset.from_dict(ckpt["preset"])
+        ckpt_file = Path(ckpt["path"])
+        run_dir = ckpt_file.parent.parent if ckpt_file.parent.name == CKPT_DIR else ckpt_file.parent
+        preset.train.out_dir = str(run_dir)
+        for key, value in (overrides or {}).items():
+            apply_override(preset, key, value)
+        trainer = cls(preset, **kwargs)
+        trainer.load_state_dict(ckpt)
+        return trainer
+
+    # ---- one step ---------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def _check(self, total: torch.Tensor, logs: dict[str, float], what: str) -> None:
+        for term, value in {**logs, f"{what} total": float(total.detach())}.items():
+            if not math.isfinite(value):
+                ckpt = self.checkpoint_path if self.checkpoint_path.exists() else None
+                raise NonFiniteLossError(self.step + 1, f"{what} loss term {term!r}", value, ckpt)
+
+    def _check_grad(self, module: nn.Module, what: str) -> float:
+        norm = grad_norm(module.parameters())
+        if self.preset.train.grad_check and not math.isfinite(norm):
+            ckpt = self.checkpoint_path if self.checkpoint_path.exists() else None
+            raise NonFiniteLossError(self.step + 1, f"{what} gradient norm", norm, ckpt)
+        return norm
+
+    def train_step(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """One D step then one G step on ``image [B,3,H,W]`` in [-1,1] and ``mask [B,1,H,W]`` (1 = hole)."""
+        with self._autocast():
+            out = self.G(image, mask)
+
+        # Discriminators: real images against the (detached) generated ones.
+        with self._autocast():
+            loss_d, logs_d = self.criterion.discriminator(detach_output(out), image, self.D, self.F)
+        self._check(loss_d, logs_d, "discriminator")
+        self.opt["D"].zero_grad(set_to_none=True)
+        self.opt["F"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        gn_d = self._check_grad(self.D, "image discriminator")
+        gn_f = self._check_grad(self.F, "feature discriminator")
+        self.opt["D"].step()
+        self.opt["F"].step()
+
+        # Generator: the discriminators are frozen so that no gradient accumulates in them.
+        set_requires_grad([self.D, self.F], False)
+        try:
+            with self._autocast():
+                loss_g, logs_g = self.criterion.generator(out, image, mask, self.D, self.F)
+            self._check(loss_g, logs_g, "generator")
+            self.opt["G"].zero_grad(set_to_none=True)
+            loss_g.backward()
+            gn_g = self._check_grad(self.G, "generator")
+            self.opt["G"].step()
+        finally:
+            set_requires_grad([self.D, self.F], True)
+
+        lr = self.sched["G"].get_last_lr()[0]  # the rate this step used
+        for s in self.sched.values():
+            s.step()
+        self.step += 1
+        return {**{f"G/{k}": float(v) for k, v in logs_g.items() if not k.endswith("total")},
+                "G/total": float(loss_g.detach()),
+                **{f"D/{k}": float(v) for k, v in logs_d.items() if not k.endswith("total")},
+                "D/total": float(loss_d.detach()),
+                "grad/G": gn_g, "grad/D": gn_d, "grad/F": gn_f, "lr": lr}
+
+    # ---- data -------------------------------------------------------------------------------------
+    def loader(self) -> DataLoader:
+        """Batches for steps ``self.step .. steps-1`` in the order fixed by (seed, images seen)."""
+        cfg = self.preset.train
+        sampler = StepBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, self.step, cfg.steps)
+        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler,
+                          num_workers=self.preset.data.num_workers,
+                          pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def fixed_batch(self, n: int | None = None):
+        """The first ``n`` evaluation samples (fixed masks): the same pictures at every sample step."""
+        n = min(n or self.preset.train.num_samples, len(self.eval_set))
+        images, masks = zip(*(self.eval_set[i] for i in range(n)))
+        return torch.stack(images).to(self.device), torch.stack(masks).to(self.device)
+
+    # ---- logging ----------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, record["step"])
+
+    def _tensorboard(self):
+        if self._writer is None and self.preset.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self.preset.train.tensorboard = False
+                return None
+            # purge_step drops events a killed run wrote after its last checkpoint.
+            self._writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step)
+        return self._writer
+
+    def _trim_log(self) -> None:
+        """On resume, drop log lines written after the checkpoint by the interrupted session."""
+        path = self.out_dir / "log.jsonl"
+        if path.exists():
+            keep = [r for r in read_log(path) if r.get("step", 0) <= self.step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    @torch.no_grad()
+    def save_samples(self, batch=None) -> Path:
+        """Sample grid of the fixed evaluation batch at the current step, ``samples/step_XXXXXXX.png``."""
+        image, mask = batch if batch is not None else self.fixed_batch()
+        self.G.eval()
+        try:
+            with self._autocast():
+                out = self.G(image, mask)
+        finally:
+            self.G.train()
+        return sample_grid(image, mask, out, self.out_dir / "samples" / f"step_{self.step:07d}.png")
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def fit(self, callback: Callable[["Trainer", dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Train from ``self.step`` to ``preset.train.steps`` (or until ``time_budget_s``).
+
+        Returns ``{"step", "stopped": "done" | "time_budget", "elapsed_s", "images_per_s", "checkpoint"}``.
+        ``callback(trainer, logs)`` runs after every step (notebooks use it to collect curves).
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.preset.train
+        self.G.train(), self.D.train(), self.F.train()
+        self._trim_log()
+        sample_batch = self.fixed_batch()
+        start, stopped = time.perf_counter(), "done"
+        window_t, window_n, sums = start, 0, {}
+        images = 0
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.preset.name, disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            for image, mask in self.loader():
+                image = image.to(self.device, non_blocking=True)
+                mask = mask.to(self.device, non_blocking=True)
+                logs = self.train_step(image, mask)
+                images += image.shape[0]
+                window_n += image.shape[0]
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if callback is not None:
+                    callback(self, logs)
+                bar.update(1)
+                last = self.step == cfg.steps
+                over_budget = (cfg.time_budget_s is not None
+                               and time.perf_counter() - start > cfg.time_budget_s)
+                if self.step % cfg.log_every == 0 or last or over_budget:
+                    now = time.perf_counter()
+                    n_steps = max(1, round(window_n / image.shape[0]))
+                    record = {"step": self.step, **{k: v / n_steps for k, v in sums.items()},
+                              "images_per_s": window_n / max(now - window_t, 1e-9),
+                              "elapsed_s": self.elapsed_s + now - start}
+                    self._log(record)
+                    bar.set_postfix({k.split("/")[-1] if k.endswith("total") else k: f"{v:.3g}"
+                                     for k, v in record.items() if k in ("G/total", "D/total")}
+                                    | {"img/s": f"{record['images_per_s']:.1f}"})
+                    window_t, window_n, sums = now, 0, {}
+                if self.step % cfg.sample_every == 0 or last:
+                    self.save_samples(sample_batch)
+                if over_budget and not last:
+                    stopped = "time_budget"
+                if self.step % cfg.ckpt_every == 0 or last or stopped != "done":
+                    self._save_with_time(start)
+                if stopped != "done":
+                    break
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        session = time.perf_counter() - start
+        self.elapsed_s += session
+        return {"step": self.step, "stopped": stopped, "elapsed_s": self.elapsed_s,
+                "images_per_s": images / max(session, 1e-9), "checkpoint": str(self.checkpoint_path)}
+
+    def _save_with_time(self, start: float) -> None:
+        # The checkpoint records the training time so far (this session included).
+        before = self.elapsed_s
+        self.elapsed_s = before + time.perf_counter() - start
+        try:
+            self.save_checkpoint()
+        finally:
+            self.elapsed_s = before
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
