@@ -11,6 +11,7 @@ when you call it. See ``data/README.md`` for where to get each dataset and under
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .config import SHARED_ROOT
-from .masks import MaskFolder, as_generator, check_mask, make_mask_source
+from .masks import check_mask, fixed_mask, make_mask_source
 
 #: Real data beside a checkout (``../shared/data``; may be absent, never committed).
 SHARED_DATA = SHARED_ROOT / "data"
@@ -183,7 +184,7 @@ def _mask_source(source) -> Callable:
     """Accept a callable ``source(generator) -> [1, H, W]`` (a ``MaskFolder`` is one) or a fixed mask tensor."""
     if isinstance(source, torch.Tensor):
         check_mask(source, name="fixed mask")
-        return lambda generator=None: source.float().clone()
+        return functools.partial(fixed_mask, source.float())
     if not callable(source):
         raise TypeError(f"mask_source must be callable(generator) -> [1, H, W] or a tensor, got {type(source)}")
     return source
@@ -259,6 +260,9 @@ class InpaintingDataset(Dataset):
         raise RuntimeError(f"no readable image among the {len(self.files)} files of {self.root}")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
+        i = i % len(self)
         g = _item_generator(self.seed, i)
         image = to_tensor(prepare_image(self._load(i), self.image_size, self.resize, self.crop_top))
         mask = check_mask(self.mask_source(g), self.image_size).float()

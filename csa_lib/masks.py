@@ -10,6 +10,7 @@ and get the same hole on every machine. Strokes are drawn with ``PIL.ImageDraw``
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -334,17 +335,22 @@ class MaskFolder:
 MaskSource = Callable[[torch.Generator | None], torch.Tensor]
 
 
+def fixed_mask(mask: torch.Tensor, generator: GeneratorLike = None) -> torch.Tensor:
+    """Mask source that always returns (a copy of) ``mask`` ``[1, H, W]``; ``generator`` is ignored."""
+    return mask.clone()
+
+
 def make_mask_source(data_cfg, train: bool = True) -> MaskSource:
     """Callable ``source(generator) -> [1, H, W]`` for ``data_cfg.masks`` in
     ``{"center", "rect", "irregular", "folder"}``. ``train=False`` turns off folder-mask augmentation."""
-    size, kind = data_cfg.image_size, data_cfg.masks
+    # partial objects rather than lambdas: they pickle, so DataLoader workers can be spawned (macOS, Windows)
+    size, kind, ratio = data_cfg.image_size, data_cfg.masks, tuple(data_cfg.hole_ratio)
     if kind == "center":
-        fixed = center_mask(size, data_cfg.hole_size)
-        return lambda generator=None: fixed.clone()
+        return functools.partial(fixed_mask, center_mask(size, data_cfg.hole_size))
     if kind == "rect":
-        return lambda generator=None: random_rect_mask(size, data_cfg.hole_ratio, generator)
+        return functools.partial(random_rect_mask, size, ratio)
     if kind == "irregular":
-        return lambda generator=None: irregular_mask(size, data_cfg.hole_ratio, generator)
+        return functools.partial(irregular_mask, size, ratio)
     if kind == "folder":
         if not data_cfg.mask_dir:
             raise ValueError("masks='folder' needs data.mask_dir (a folder of mask PNGs, white = hole)")

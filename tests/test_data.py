@@ -1,4 +1,6 @@
 """Tests for csa_lib.data: folder/CelebA/Places2 layouts, crops, ranges, bad files, embedded photos."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -99,6 +101,9 @@ def test_folder_dataset_fixed_masks_and_ranges(celeba):
     assert torch.equal(a[1], random_rect_mask(32, (0.1, 0.3), torch.Generator().manual_seed(5 + 1)))
     masks = {tuple(train[0][1].flatten().tolist()) for _ in range(5)}
     assert len(masks) > 1  # training masks are drawn afresh
+    assert len(list(ev)) == 2 and torch.equal(ev[-1][1], a[1])  # plain iteration stops; negative index
+    with pytest.raises(IndexError):
+        ev[2]
 
 
 def test_flip(celeba):
@@ -238,6 +243,8 @@ def test_build_dataset_embedded_smoke():
     assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 1, 32, 32)
     with pytest.raises(ValueError, match="split"):
         build_dataset(cfg, "test")
+    copy = pickle.loads(pickle.dumps(ev))  # spawned DataLoader workers receive a pickled dataset
+    assert torch.equal(copy[0][0], image) and torch.equal(copy[0][1], mask)
 
 
 # --- shared real data (skipped when absent) --------------------------------------------------------------------------

@@ -1,4 +1,6 @@
 """Tests for csa_lib.masks: shapes, binary values, hole-ratio guarantees, seeds, feature masks, folders."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -159,6 +161,15 @@ def test_make_mask_source(kind):
     a, b = src(torch.Generator().manual_seed(1)), src(torch.Generator().manual_seed(1))
     assert_binary_mask(a, 32)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["center", "rect", "irregular", "folder"])
+def test_mask_sources_pickle(kind, tmp_path):
+    """DataLoader workers started with 'spawn' (macOS, Windows) need picklable mask sources."""
+    _write_masks(tmp_path)
+    src = make_mask_source(DataConfig(image_size=32, masks=kind, mask_dir=str(tmp_path)))
+    again = pickle.loads(pickle.dumps(src))
+    assert torch.equal(src(torch.Generator().manual_seed(2)), again(torch.Generator().manual_seed(2)))
 
 
 def test_make_mask_source_errors():
