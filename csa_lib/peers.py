@@ -121,7 +121,8 @@ class ContextualAttention(nn.Module):
     For target position p and source position q (q a valid source, see :func:`valid_sources`):
 
         s(p, q)  = cos(window_k(p), window_k(q))           (k x k windows of all C channels, zero padded)
-        s'(p, q) = sum_{o in 3x3} s(p+o, q+o)              (only with ``propagate=True``)
+        s'(p, q) = sum_{o in 3x3} s(p+o, q+o)              (only with ``propagate=True``; all pairs,
+                                                            before hole sources are masked, as DeepFill)
         w(p, q)  = softmax_q(scale * s'(p, q))             (over valid sources only; 0 on the others)
         y        = average over overlapping windows of  sum_q w(p, q) * window_k(q)  pasted at p
         y_p      = x_p at known positions (the layer only repaints the hole)
