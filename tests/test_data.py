@@ -90,7 +90,7 @@ def test_resize_policies():
         prepare_image(img, 16, "center_crop", crop_top=1.5)
 
 
-# --- folder datasets: masks, seeds, flips, ranges -------------------------------------------------------------------
+# --- folder datasets: masks, seeds, flips, ranges -----------------------------------------------------------
 def test_folder_dataset_fixed_masks_and_ranges(celeba):
     cfg = DataConfig(root=str(celeba / "img_align_celeba"), image_size=32, masks="rect",
                      hole_ratio=(0.1, 0.3), train_range=(0, 4), eval_range=(4, 6), eval_seed=5)
@@ -129,7 +129,7 @@ def test_wrong_mask_size_is_reported(celeba):
         ds[0]
 
 
-# --- bad input ------------------------------------------------------------------------------------------------------
+# --- bad input ----------------------------------------------------------------------------------------------
 def test_corrupt_file_raises_or_skips(tmp_path):
     _face(1).save(tmp_path / "a.png")
     (tmp_path / "b.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
@@ -186,7 +186,7 @@ def test_list_images_case_and_recursion(tmp_path):
         ["a.png", "b.JPG", "e.jpeg", "sub/c.WebP"]
 
 
-# --- other layouts ----------------------------------------------------------------------------------------------------
+# --- other layouts ------------------------------------------------------------------------------------------
 def test_places2_and_paris_layouts(tmp_path):
     (tmp_path / "a" / "airfield").mkdir(parents=True)
     for i in range(3):
@@ -211,7 +211,7 @@ def test_data_root(monkeypatch, tmp_path):
     assert data_root(tmp_path) == tmp_path / "faces"
 
 
-# --- embedded photos ---------------------------------------------------------------------------------------------------
+# --- embedded photos ----------------------------------------------------------------------------------------
 def test_sample_images():
     x = sample_images(32)
     assert x.shape == (7, 3, 32, 32) and x.dtype == torch.float32
@@ -247,7 +247,7 @@ def test_build_dataset_embedded_smoke():
     assert torch.equal(copy[0][0], image) and torch.equal(copy[0][1], mask)
 
 
-# --- shared real data (skipped when absent) --------------------------------------------------------------------------
+# --- shared real data (skipped when absent) -----------------------------------------------------------------
 @pytest.mark.shared_data
 def test_shared_celeba_and_nvidia_masks():
     faces, masks = shared_path("data", "celeba_10k"), shared_path("data", "nvidia_masks_256")
