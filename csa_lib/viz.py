@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -402,18 +403,40 @@ def _grid(n_rows: int, n_cols: int, cell: float = 2.6) -> tuple[Figure, np.ndarr
     return fig, axes
 
 
-def _imshow_map(ax, m: torch.Tensor | np.ndarray, title: str, colorbar: bool = True) -> None:
-    """Heat map; diverging, centred at 0, when the map has negative entries."""
+def _imshow_map(ax, m: torch.Tensor | np.ndarray, title: str, colorbar: bool = True,
+                background: np.ndarray | None = None, vmin: float | None = None, vmax: float | None = None,
+                weights: bool = True) -> None:
+    """Draw a map: diverging and centred at 0 when it has negative entries, else ``magma`` from ``vmin``
+    (default 0) to ``vmax`` (default its max); a requested range never hides data outside it.
+
+    With ``background`` (``[H, W, 3]`` in [0, 1], the size of ``m``) the map is laid over a dimmed grey
+    copy of the image. For ``weights`` (attention rows) the opacity grows with ``|m|``, so tiny weights
+    fade out and one sees *where* the weight lies; otherwise every finite entry is drawn (NaN = clear).
+    """
     m = np.asarray(m, dtype=np.float64)
     finite = m[np.isfinite(m)]
     if finite.size and finite.min() < 0:
         lim = float(np.abs(finite).max()) or 1.0
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        cmap, lo, hi = plt.get_cmap("RdBu_r"), -lim, lim
     else:
-        im = ax.imshow(m, cmap="magma", interpolation="nearest")
+        cmap = plt.get_cmap("magma")
+        lo = min(0.0 if vmin is None else vmin, float(finite.min(initial=np.inf)))
+        hi = max(vmax if vmax is not None else -np.inf, float(finite.max(initial=-np.inf)))
+        lo, hi = (0.0, 1.0) if not np.isfinite(lo) or not np.isfinite(hi) else (lo, hi if hi > lo else lo + 1)
+    norm = matplotlib.colors.Normalize(lo, hi)
+    if background is not None:
+        grey = background.mean(-1, keepdims=True) * 0.6 + 0.2  # dimmed, so the colours stand out
+        ax.imshow(np.repeat(grey, 3, -1))
+        rgba = cmap(norm(np.nan_to_num(m)))
+        peak = float(np.abs(finite).max()) if finite.size else 1.0
+        alpha = np.sqrt(np.abs(np.nan_to_num(m)) / (peak or 1.0)) if weights else np.full(m.shape, 0.9)
+        rgba[..., 3] = np.where(np.isfinite(m), alpha, 0.0)
+        ax.imshow(rgba, interpolation="nearest")
+    else:
+        ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        ax.figure.colorbar(matplotlib.cm.ScalarMappable(norm, cmap), ax=ax, fraction=0.046, pad=0.03)
 
 
 def _add_wheel_inset(ax, size: int = 41) -> None:
@@ -464,10 +487,12 @@ def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: 
     axes[0, 0].imshow(masked_display(image, mask))
     axes[0, 0].set_title("input (masked)", fontsize=9)
     plot_offsets(upsample_offsets(attention_offsets(att, i), (H, W)), ax=axes[0, 1], title="CSA offsets")
-    _imshow_map(axes[0, 2], attention_heatmap(att, i, t, (H, W)), f"row w_t, t={t}")
+    grey = to_display(image)
+    _imshow_map(axes[0, 2], attention_heatmap(att, i, t, (H, W)), f"row w_t, t={t}", background=grey)
     axes[0, 2].add_patch(_cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5))
     axes[0, 2].add_patch(_cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5))
-    _imshow_map(axes[0, 3], chain_balance(att, i)[0], "a_t: continue previous")
+    _imshow_map(axes[0, 3], upsample_map(chain_balance(att, i)[0], (H, W)), "a_t: continue previous",
+                background=grey, vmin=0, vmax=1, weights=False)
     fig.tight_layout()
     return fig
 
@@ -482,8 +507,16 @@ def plot_chain_balance(att, i: int = 0, image: torch.Tensor | None = None,
     if image is not None:
         axes[0, 0].imshow(masked_display(image, mask) if mask is not None else to_display(image))
         axes[0, 0].set_title("input", fontsize=9)
-    _imshow_map(axes[0, n - 2], b_map, "b_t: copy from context")
-    _imshow_map(axes[0, n - 1], a_map, "a_t: continue previous")
+    if image is not None:  # on the image, so the map lines up with the picture
+        grey = to_display(image)
+        a_map, b_map = (upsample_map(m, tuple(image.shape[-2:])) for m in (a_map, b_map))
+    else:
+        grey = None
+    # Paper semantics: both in [0, 1]; official semantics may leave that range (diverging map then).
+    _imshow_map(axes[0, n - 2], b_map, "b_t: copy from context", background=grey, vmin=0, vmax=1,
+                weights=False)
+    _imshow_map(axes[0, n - 1], a_map, "a_t: continue previous", background=grey, vmin=0, vmax=1,
+                weights=False)
     fig.tight_layout()
     return fig
 
@@ -517,8 +550,12 @@ def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torc
     axes[1, 0].imshow(to_display(image))
     axes[1, 0].add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
     axes[1, 0].set_title(f"hole cell ({y}, {x}), t={t}", fontsize=9)
-    _imshow_map(axes[1, 1], attention_heatmap(att, i, t, (H, W)), "CSA row w_t")
-    _imshow_map(axes[1, 2], contextual_heatmap(scores, i, y, x, (H, W)), "contextual softmax row")
+    grey = to_display(image)
+    for ax in axes[1, 1:]:
+        ax.add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
+    _imshow_map(axes[1, 1], attention_heatmap(att, i, t, (H, W)), "CSA row w_t", background=grey)
+    _imshow_map(axes[1, 2], contextual_heatmap(scores, i, y, x, (H, W)), "contextual softmax row",
+                background=grey)
     fig.tight_layout()
     return fig
 
@@ -592,8 +629,9 @@ def _draw_explorer_row(axes, image, mask, att, i: int, t: int, k: int) -> None:
                                 edgecolor="lime", lw=1.5))
     axes[1].set_title("source patch (+1 cell)", fontsize=8)
     weights = ", ".join(f"{s['weight']:.2f}" for s in chain)
-    _imshow_map(axes[2], attention_heatmap(att, i, t, (H, W)), f"row w_t; chain weights {weights}",
-                colorbar=False)
+    _imshow_map(axes[2], attention_heatmap(att, i, t, (H, W)), "row w_t", colorbar=False,
+                background=to_display(image))
+    axes[2].set_xlabel(f"weights of steps t, t-1, ...: {weights}", fontsize=7)
 
 
 def _as_step(att, i: int, p) -> int:
