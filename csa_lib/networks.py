@@ -46,7 +46,7 @@ def _levels(image_size: int) -> int:
 def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
     """Official initialisation: conv weights ~ N(0, 0.02), biases 0 (InstanceNorm keeps 1/0)."""
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not m.weight.is_meta:  # meta: shapes only
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

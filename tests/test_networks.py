@@ -142,6 +142,19 @@ def test_csa_output_replaces_hole_only(gen):
     assert not torch.allclose(out.csa_out[~known], ref.csa_out[~known])
 
 
+@pytest.mark.parametrize("semantics,backward", [("official", "official"), ("official", "autograd"),
+                                                ("paper", "official")])
+def test_csa_options_pass_through(semantics, backward, gen):
+    """ModelConfig's CSA options reach the layer, and every combination trains the encoder."""
+    cfg = ModelConfig(image_size=32, base_channels=4, csa_semantics=semantics, csa_backward=backward)
+    G = CSAInpainter(cfg)
+    layer = G.refine_net.levels[2].attention
+    assert (layer.semantics, layer.backward) == (semantics, backward)
+    img, mask = _batch(32, gen)
+    G(img, mask).csa_out.pow(2).mean().backward()
+    assert G.refine_net.levels[2].down[4].weight.grad.abs().sum() > 0
+
+
 def test_bad_inputs_raise():
     G = CSAInpainter(ModelConfig(image_size=32, base_channels=4, attention="identity"))
     with pytest.raises(ValueError, match="mask"):
