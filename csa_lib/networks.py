@@ -15,6 +15,11 @@ CPU runs. Shapes below use ``S`` = image size, ``C`` = base channels, ``n = log2
   stride-2 convs on VGG16 pool3 features (the frozen VGG lives in the loss, see ``csa_lib.losses``).
 - :class:`CSAInpainter`: both generators; per-image masks, any batch size (the official code needs
   batch 1 with one shared mask).
+
+A detail for anyone comparing with the official code: its in-place LeakyReLU at the start of each block
+also rewrites the tensor that the block later concatenates as its skip, so the official skip carries
+LReLU(x) instead of x. The decoder applies ReLU to the concatenation first and ReLU(LReLU(x)) = ReLU(x),
+so the outputs are the same; here the skip is simply x.
 """
 from __future__ import annotations
 

@@ -149,3 +149,18 @@ def test_auto_prefers_env_then_falls_back(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="RANDOM"):
         w = load_vgg16("auto")
     assert w.state_dict is None
+
+
+def test_torchvision_cache_is_used(tmp_path, monkeypatch):
+    """A file in torchvision's cache is loaded by 'torchvision' and preferred by 'auto' (no download)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    cache = vgg_mod.torchvision_cache_file()
+    cache.parent.mkdir(parents=True)
+    path = _save_random(tmp_path, blocks_only=False)
+    path.rename(cache)
+    monkeypatch.setenv("CSA_VGG_WEIGHTS", "/nonexistent.pth:caffe")  # must not be reached
+    for spec in ("torchvision", "auto"):
+        w = load_vgg16(spec)
+        assert w.convention == "torchvision" and str(cache) in w.source
+        assert set(w.state_dict) == set(read_state_dict(cache))
