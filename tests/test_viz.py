@@ -333,3 +333,4 @@ def test_run_with_attention_input_catches_what_the_layer_saw(gen):
     assert torch.equal(hole, out.feature_hole)
     _, att = csa.CoherentSemanticAttention()(x, hole, return_attention=True)  # same input, same search
     assert torch.equal(att.source, out.attention.source) and torch.equal(att.count, out.attention.count)
+    _check_and_close(viz.inpainting_grid(out, image, mask), 10)  # a real InpaintOutput
