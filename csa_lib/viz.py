@@ -73,7 +73,7 @@ def color_wheel() -> torch.Tensor:
 
 def _split_flow(flow: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(dy, dx) from a ``[2, H, W]`` or ``[H, W, 2]`` tensor/array (channel-first wins if both fit)."""
-    f = torch.as_tensor(np.asarray(flow) if not torch.is_tensor(flow) else flow).double()
+    f = (flow.detach().cpu() if torch.is_tensor(flow) else torch.as_tensor(np.asarray(flow))).double()
     if f.ndim != 3 or 2 not in (f.shape[0], f.shape[-1]):
         raise ValueError(f"flow must have shape [2, H, W] or [H, W, 2] (dy, dx); got {tuple(f.shape)}")
     dy, dx = (f[0], f[1]) if f.shape[0] == 2 else (f[..., 0], f[..., 1])
@@ -403,28 +403,35 @@ def _grid(n_rows: int, n_cols: int, cell: float = 2.6) -> tuple[Figure, np.ndarr
     return fig, axes
 
 
+def _map_colours(finite: np.ndarray, vmin: float | None, vmax: float | None):
+    """(colour map, Normalize) for a map's finite values: diverging and centred at 0 when some are
+    negative, else ``magma`` from ``vmin`` (default 0) to ``vmax`` (default the max). A requested range
+    is widened rather than clipping data outside it (official semantics: a_t > 1 happens)."""
+    if finite.size and finite.min() < 0:
+        lim = float(np.abs(finite).max()) or 1.0
+        return plt.get_cmap("RdBu_r"), matplotlib.colors.Normalize(-lim, lim)
+    lo = min(0.0 if vmin is None else vmin, float(finite.min(initial=np.inf)))
+    hi = max(-np.inf if vmax is None else vmax, float(finite.max(initial=-np.inf)))
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # an empty map
+        lo, hi = 0.0, 1.0
+    return plt.get_cmap("magma"), matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
+
+
 def _imshow_map(ax, m: torch.Tensor | np.ndarray, title: str, colorbar: bool = True,
                 background: np.ndarray | None = None, vmin: float | None = None, vmax: float | None = None,
                 weights: bool = True) -> None:
-    """Draw a map: diverging and centred at 0 when it has negative entries, else ``magma`` from ``vmin``
-    (default 0) to ``vmax`` (default its max); a requested range never hides data outside it.
+    """Draw a map (colours: :func:`_map_colours`; NaN = clear).
 
     With ``background`` (``[H, W, 3]`` in [0, 1], the size of ``m``) the map is laid over a dimmed grey
     copy of the image. For ``weights`` (attention rows) the opacity grows with ``|m|``, so tiny weights
-    fade out and one sees *where* the weight lies; otherwise every finite entry is drawn (NaN = clear).
+    fade out and one sees *where* the weight lies; otherwise every finite entry is drawn.
     """
     m = np.asarray(m, dtype=np.float64)
     finite = m[np.isfinite(m)]
-    if finite.size and finite.min() < 0:
-        lim = float(np.abs(finite).max()) or 1.0
-        cmap, lo, hi = plt.get_cmap("RdBu_r"), -lim, lim
+    cmap, norm = _map_colours(finite, vmin, vmax)
+    if background is None:
+        ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=norm, interpolation="nearest")
     else:
-        cmap = plt.get_cmap("magma")
-        lo = min(0.0 if vmin is None else vmin, float(finite.min(initial=np.inf)))
-        hi = max(vmax if vmax is not None else -np.inf, float(finite.max(initial=-np.inf)))
-        lo, hi = (0.0, 1.0) if not np.isfinite(lo) or not np.isfinite(hi) else (lo, hi if hi > lo else lo + 1)
-    norm = matplotlib.colors.Normalize(lo, hi)
-    if background is not None:
         grey = background.mean(-1, keepdims=True) * 0.6 + 0.2  # dimmed, so the colours stand out
         ax.imshow(np.repeat(grey, 3, -1))
         rgba = cmap(norm(np.nan_to_num(m)))
@@ -432,8 +439,6 @@ def _imshow_map(ax, m: torch.Tensor | np.ndarray, title: str, colorbar: bool = T
         alpha = np.sqrt(np.abs(np.nan_to_num(m)) / (peak or 1.0)) if weights else np.full(m.shape, 0.9)
         rgba[..., 3] = np.where(np.isfinite(m), alpha, 0.0)
         ax.imshow(rgba, interpolation="nearest")
-    else:
-        ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     if colorbar:
         ax.figure.colorbar(matplotlib.cm.ScalarMappable(norm, cmap), ax=ax, fraction=0.046, pad=0.03)

@@ -334,3 +334,12 @@ def test_run_with_attention_input_catches_what_the_layer_saw(gen):
     _, att = csa.CoherentSemanticAttention()(x, hole, return_attention=True)  # same input, same search
     assert torch.equal(att.source, out.attention.source) and torch.equal(att.count, out.attention.count)
     _check_and_close(viz.inpainting_grid(out, image, mask), 10)  # a real InpaintOutput
+
+
+def test_map_colours_never_clip_and_centre_signed_maps():
+    cmap, norm = viz._map_colours(np.array([0.2, 0.7]), vmin=0, vmax=1)
+    assert (norm.vmin, norm.vmax) == (0, 1) and cmap.name == "magma"
+    _, norm = viz._map_colours(np.array([0.2, 1.6]), vmin=0, vmax=1)  # official semantics: a_t > 1
+    assert norm.vmax == pytest.approx(1.6)
+    cmap, norm = viz._map_colours(np.array([-0.5, 2.0]), vmin=0, vmax=1)  # negative weights: diverging
+    assert cmap.name == "RdBu_r" and (norm.vmin, norm.vmax) == (-2.0, 2.0)
