@@ -41,6 +41,7 @@ official custom rule, see :class:`_OfficialBackward`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -232,35 +233,49 @@ def _pack_records(records: list[dict], x: Tensor, with_rows: bool) -> CSAAttenti
 # ----------------------------------------------------------------------------------------------------
 # The fast layer
 # ----------------------------------------------------------------------------------------------------
-def _search(F: Tensor, holeflat: Tensor, paper: bool):
-    """Batched search on F [B, N, C] (a view, any strides) with holeflat bool [B, N].
+def _hole_order(holeflat: Tensor):
+    """Raster order of the holes of each image: holeflat bool [B, N] ->
+    count [B], order [B, T] (flat hole index, 0 on padding), valid bool [B, T], (bi, ti) of valid steps.
+    Images without a known position get count 0 (nothing to copy from)."""
+    B, N = holeflat.shape
+    holeflat = holeflat & ~holeflat.all(1, keepdim=True)
+    count = holeflat.sum(1)
+    bi, pi = holeflat.nonzero(as_tuple=True)            # row-major: raster order within each image
+    ti = pi - (~holeflat).cumsum(1)[bi, pi]            # t = p - (known positions before p)
+    T = int(count.max()) if B else 0                    # host synchronisation, once per call
+    order = torch.zeros(B, T, dtype=torch.long, device=holeflat.device)
+    order[bi, ti] = pi
+    valid = torch.arange(T, device=holeflat.device) < count[:, None]
+    return count, order, valid, bi, ti
 
-    Returns count [B], hole_index [B,T] (-1 pad), valid bool [B,T], source [B,T] (-1 pad),
-    q_hat [B,T,C] (normalised hole features), k [B,T,C] (best known features), s [B,T] (D_max).
-    q_hat, k and s are differentiable w.r.t. F; the argmax is taken without a graph.
+
+def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
+    """Batched search. Fc: features [B, C, N], holeflat bool [B, N], order [B, T] (hole positions).
+
+    Returns source [B, T] (argmax, no graph) and the differentiable pieces of the chain:
+    q [B,T,C] (hole features), k [B,T,C] (best known features), g = q / (||q|| + eps), s [B,T] (D_max).
+    The argmax is the same for both semantics: paper's cosine is official's score divided by the
+    positive ||f_p|| + eps of the row.
     """
-    B, N, C = F.shape
-    n_hole = holeflat.sum(1)
-    count = torch.where(n_hole < N, n_hole, torch.zeros_like(n_hole))   # no known position -> nothing to do
-    T = int(count.max()) if B else 0                                   # the one host synchronisation
-    ar = torch.arange(N, device=F.device)
-    key = ar + N * (~holeflat).long()                                  # holes first, raster order
-    order = key.argsort(dim=1)[:, :T]
-    valid = torch.arange(T, device=F.device) < count[:, None]
-    safe = torch.where(valid, order, torch.zeros_like(order))
-    bi = torch.arange(B, device=F.device)[:, None]
-    F_hat = _normalise(F)                                              # [B,N,C]
-    q, q_hat = F[bi, safe], F_hat[bi, safe]                            # [B,T,C]
-    query = q_hat if paper else q
+    B, C, N = Fc.shape
+    T = order.shape[1]
     with torch.no_grad():
-        sim = torch.bmm(query, F_hat.transpose(1, 2))                  # [B,T,N], D_max for all pairs
-        sim.masked_fill_(holeflat[:, None, :], float("-inf"))         # sources must be known
-        src = sim.argmax(dim=2)
-    k = F[bi, src]
-    s = (query * F_hat[bi, src]).sum(-1)                               # differentiable D_max(p_t)
-    hole_index = torch.where(valid, order, torch.full_like(order, -1))
-    source = torch.where(valid, src, torch.full_like(src, -1))
-    return count, hole_index, valid, source, q_hat, k, s
+        inv_norm = 1.0 / (Fc.square().sum(1).sqrt() + NORM_EPS)        # [B, N] (10x faster than .norm(dim=1))
+        query = torch.gather(Fc, 2, order[:, None, :].expand(B, C, T))  # [B, C, T]
+        sim = torch.bmm(query.transpose(1, 2), Fc)                      # [B, T, N] = <f_p, f_q>
+        sim.mul_(inv_norm[:, None, :])                                  # official D_max
+        sim.masked_fill_(holeflat[:, None, :], float("-inf"))           # sources must be known
+        source = sim.argmax(dim=2)                                      # first maximum wins ties
+    # one differentiable gather for the hole features and their sources
+    idx = torch.cat([order, source], 1)[:, None, :].expand(B, C, 2 * T)
+    qk = torch.gather(Fc, 2, idx).transpose(1, 2)                    # [B, 2T, C]
+    q, k = qk[:, :T].contiguous(), qk[:, T:].contiguous()
+    q_inv = 1.0 / (q.norm(dim=-1) + NORM_EPS)
+    g = q * q_inv[..., None]
+    s = (q * k).sum(-1) / (k.norm(dim=-1) + NORM_EPS)
+    if paper:
+        s = s * q_inv
+    return source, q, k, g, s
 
 
 def _chain_torch(k: Tensor, g: Tensor, s: Tensor, valid: Tensor, paper: bool):
@@ -313,34 +328,115 @@ def _rows(source: Tensor, a: Tensor, b: Tensor, count: Tensor, N: int, chain: st
 
 
 def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bool):
-    """The fast forward: returns y [B,C,H,W] (differentiable) and a CSAAttention."""
+    """The fast forward: returns y [B,C,H,W] (differentiable) and a CSAAttention.
+
+    chain "torch": everything in torch ops, autograd differentiates it (slow chain, no compiled code).
+    Compiled chains: one autograd.Function for the whole layer with a hand-written backward.
+    """
     B, C, H, W = x.shape
     N = H * W
-    F = x.flatten(2).transpose(1, 2)                                   # [B,N,C] view, no copy
     holeflat = hole.reshape(B, N)
-    count, hole_index, valid, source, q_hat, k, s = _search(F, holeflat, paper)
-    k, g, s = _sanitise_padding(k, q_hat, s, valid)
-    m, d, a, b = _run_chain(chain, k, g, s, count, valid, paper)
-    y = x.clone()
-    yv = y.flatten(2).transpose(1, 2)                                  # [B,N,C] view of y
-    bi, ti = valid.nonzero(as_tuple=True)
-    yv[bi, hole_index[bi, ti]] = m[bi, ti]
+    if chain == "torch":
+        y, count, order, source, s, d, a, b = _csa_torch(x, holeflat, paper)
+    else:
+        y, count, order, source, s, d, a, b = _FusedCSA.apply(x, holeflat, paper, chain)
+    valid = torch.arange(order.shape[1], device=x.device) < count[:, None]
     zero = torch.zeros_like(s)
-    att = CSAAttention(count=count, hole_index=hole_index, source=source,
-                       d_max=torch.where(valid, s, zero).detach(), d_ad=d.detach(), a=a.detach(),
-                       b=b.detach(), rows=None, size=(H, W))
+    att = CSAAttention(count=count, hole_index=torch.where(valid, order, -1),
+                       source=torch.where(valid, source, -1), d_max=torch.where(valid, s, zero).detach(),
+                       d_ad=d.detach(), a=a.detach(), b=b.detach(), rows=None, size=(H, W))
     if want_rows:
-        att.rows = _rows(source, att.a, att.b, count, N, chain)
+        att.rows = _rows(att.source, att.a, att.b, count, N, chain)
     return y, att
 
 
-def _run_chain(chain: str, k, g, s, count, valid, paper):
-    """Dispatch the generate step to a back-end (see CoherentSemanticAttention)."""
-    if chain == "torch":
-        return _chain_torch(k, g, s, valid, paper)
-    if chain == "numba":
-        return _NumbaChain.apply(k, g, s, count, paper)
-    raise ValueError(f"CSA: unknown chain back-end {chain!r}")
+def _csa_torch(x: Tensor, holeflat: Tensor, paper: bool):
+    """CSA in plain torch ops (differentiable by autograd). Returns y and the attention tensors."""
+    B, C, H, W = x.shape
+    Fc = x.reshape(B, C, H * W)                                       # a view for NCHW-contiguous x
+    count, order, valid, bi, ti = _hole_order(holeflat)
+    source, q, k, g, s = _search(Fc, holeflat, order, paper)
+    m, d, a, b = _chain_torch(*_sanitise_padding(k, g, s, valid), valid, paper)
+    y = Fc.clone()
+    y[bi, :, order[bi, ti]] = m[bi, ti]                               # holes <- m_t, known unchanged
+    return y.view(B, C, H, W), count, order, source, s, d, a, b
+
+
+class _FusedCSA(torch.autograd.Function):
+    """The whole layer with a compiled chain and a hand-written backward (the true gradient).
+
+    forward(x [B,C,H,W], holeflat bool [B,N], paper, chain) -> y [B,C,H,W] and, not differentiable,
+    count [B], order [B,T], source [B,T], s, d, a, b [B,T].
+    backward: gm = dL/dy at the holes -> chain backward (compiled) -> dL/dk, dL/dg, dL/ds ->
+    dL/dq, dL/dk through the normalisations (_score_grads) -> scattered into dL/dx, whose hole
+    columns are replaced (y does not contain x there) and whose source columns accumulate dL/dk.
+    """
+
+    @staticmethod
+    def forward(ctx, x, holeflat, paper, chain):
+        B, C, H, W = x.shape
+        Fc = x.reshape(B, C, H * W)
+        count, order, valid, bi, ti = _hole_order(holeflat)
+        source, q, k, g, s = _search(Fc, holeflat, order, paper)
+        m, d, a, b = _CHAIN_FORWARD[chain](k, g, s, count, paper)
+        y = _put_columns(Fc.clone(), order, m, count)                 # holes <- m_t
+        ctx.save_for_backward(q, k, g, s, m, d, a, b, count, order, source)
+        ctx.paper, ctx.chain, ctx.x_shape = paper, chain, x.shape
+        outs = (count, order, source, s, d, a, b)
+        ctx.mark_non_differentiable(*outs)
+        return (y.view(B, C, H, W),) + outs
+
+    @staticmethod
+    def backward(ctx, gy, *_):
+        q, k, g, s, m, d, a, b, count, order, source = ctx.saved_tensors
+        B, C, H, W = ctx.x_shape
+        T = order.shape[1]
+        G = gy.reshape(B, C, H * W)
+        gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
+        gk, gg, gs = _CHAIN_BACKWARD[ctx.chain](gm, k, g, s, m, d, a, b, count, ctx.paper)
+        dq, dk = _score_grads(q, k, gk, gg, gs, ctx.paper)
+        grad = _put_columns(G.clone(memory_format=torch.contiguous_format), order, dq, count)  # y_p = m_t, not f_p
+        grad.scatter_add_(2, source[:, None, :].expand(B, C, T), dk.transpose(1, 2))  # padding adds 0
+        return grad.view(B, C, H, W), None, None, None
+
+
+def _put_columns(base: Tensor, order: Tensor, vals: Tensor, count: Tensor) -> Tensor:
+    """base[b, :, order[b, t]] = vals[b, t] for t < count[b], in place on base [B, C, N]; one scatter.
+
+    Padded steps repeat the last valid step (the same value written twice); images with count 0
+    rewrite their own column 0. Both keep the scatter deterministic without a boolean selection.
+    """
+    B, T, C = vals.shape
+    if T == 0:
+        return base
+    t = torch.arange(T, device=base.device)
+    if not bool((count == T).all()):
+        tt = torch.minimum(t[None, :], (count - 1).clamp(min=0)[:, None])       # [B, T]
+        order = order.gather(1, tt)
+        vals = vals.gather(1, tt[..., None].expand(B, T, C))
+        empty = (count == 0)[:, None, None]
+        vals = torch.where(empty, base[:, :, :1].transpose(1, 2), vals)
+    return base.scatter_(2, order[:, None, :].expand(B, C, T), vals.transpose(1, 2))
+
+
+def _score_grads(q, k, gk, gg, gs, paper):
+    """Gradients w.r.t. the gathered q (hole) and k (source) features [B,T,C], given those w.r.t.
+    k, g = q iq and s = <q, k> ik (official) or <q, k> ik iq (paper), with iq = 1/(||q|| + eps),
+    ik = 1/(||k|| + eps); d(1/(||v|| + eps))/dv = -iv^2 v / ||v|| (0 at v = 0, as torch.norm)."""
+    nq, nk = q.norm(dim=-1, keepdim=True), k.norm(dim=-1, keepdim=True)
+    iq, ik = 1.0 / (nq + NORM_EPS), 1.0 / (nk + NORM_EPS)
+    rq = torch.where(nq > 0, 1.0 / nq, torch.zeros_like(nq))
+    rk = torch.where(nk > 0, 1.0 / nk, torch.zeros_like(nk))
+    dot = (q * k).sum(-1, keepdim=True)
+    gs = gs[..., None]
+    dq = gg * iq - ((gg * q).sum(-1, keepdim=True) * iq * iq * rq) * q
+    if paper:                                                         # s = dot ik iq
+        dq = dq + gs * ik * iq * (k - (dot * iq * rq) * q)
+        dk = gk + gs * iq * ik * (q - (dot * ik * rk) * k)
+    else:                                                             # s = dot ik
+        dq = dq + (gs * ik) * k
+        dk = gk + gs * ik * (q - (dot * ik * rk) * k)
+    return dq, dk
 
 
 def _np(t: Tensor):
@@ -348,38 +444,47 @@ def _np(t: Tensor):
     return t.detach().contiguous().numpy()
 
 
-class _NumbaChain(torch.autograd.Function):
-    """The chain on CPU: numba forward and a hand-written numba reverse recurrence for backward.
-
-    Inputs k, g [B,T,C], s [B,T] (padding sanitised), count LongTensor [B]; outputs m [B,T,C] and
-    d, a, b [B,T] (not differentiable). Gradients flow to k, g and s; torch autograd takes them on
-    to the features through the gathers and the normalisation.
-    """
-
-    @staticmethod
-    def forward(ctx, k, g, s, count, paper):
-        kern = _kernels()
-        k, g, s, count = k.contiguous(), g.contiguous(), s.contiguous(), count.contiguous()
-        m = torch.zeros_like(k)
-        d, a, b = (torch.zeros_like(s) for _ in range(3))
-        kern.chain_forward(_np(k), _np(g), _np(s), _np(count), paper, NORM_EPS, GUARD_EPS,
-                           m.numpy(), d.numpy(), a.numpy(), b.numpy())
-        ctx.save_for_backward(k, g, s, m, d, a, b, count)
-        ctx.paper = paper
-        ctx.mark_non_differentiable(d, a, b)
-        return m, d, a, b
-
-    @staticmethod
-    def backward(ctx, gm, *_):
-        k, g, s, m, d, a, b, count = ctx.saved_tensors
-        gk, gg, gs = torch.zeros_like(k), torch.zeros_like(g), torch.zeros_like(s)
-        _kernels().chain_backward(_np(gm), _np(k), _np(g), _np(s), _np(m), _np(d), _np(a), _np(b),
-                                  _np(count), ctx.paper, NORM_EPS, GUARD_EPS, gk.numpy(), gg.numpy(),
-                                  gs.numpy())
-        return gk, gg, gs, None, None
+def _numba_chain_forward(k, g, s, count, paper):
+    """m [B,T,C], d, a, b [B,T] from the numba kernel (padded steps stay 0)."""
+    m = torch.zeros_like(k)
+    d, a, b = (torch.zeros_like(s) for _ in range(3))
+    _kernels().chain_forward(_np(k), _np(g), _np(s), _np(count), paper, NORM_EPS, GUARD_EPS,
+                             m.numpy(), d.numpy(), a.numpy(), b.numpy())
+    return m, d, a, b
 
 
+def _numba_chain_backward(gm, k, g, s, m, d, a, b, count, paper):
+    """dL/dk, dL/dg [B,T,C], dL/ds [B,T] from dL/dm by the numba reverse recurrence."""
+    gk, gg, gs = torch.zeros_like(k), torch.zeros_like(g), torch.zeros_like(s)
+    _kernels().chain_backward(_np(gm), _np(k), _np(g), _np(s), _np(m), _np(d), _np(a), _np(b), _np(count),
+                              paper, NORM_EPS, GUARD_EPS, gk.numpy(), gg.numpy(), gs.numpy())
+    return gk, gg, gs
+
+
+def _triton_chain_forward(k, g, s, count, paper):
+    return _triton().chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
+
+
+def _triton_chain_backward(gm, k, g, s, m, d, a, b, count, paper):
+    return _triton().chain_backward(gm, k, g, s, m, d, a, b, count, paper, NORM_EPS, GUARD_EPS)
+
+
+_CHAIN_FORWARD = {"numba": _numba_chain_forward, "triton": _triton_chain_forward}
+_CHAIN_BACKWARD = {"numba": _numba_chain_backward, "triton": _triton_chain_backward}
 _KERNELS = None
+_TRITON = None
+
+
+def _triton():
+    """Import the Triton kernels once (triton is optional; None when it is missing or broken)."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from csa_lib import _csa_triton
+            _TRITON = _csa_triton
+        except Exception:  # ImportError, or a triton build that fails at import time
+            _TRITON = False
+    return _TRITON or None
 
 
 def _kernels():
@@ -469,8 +574,13 @@ class CoherentSemanticAttention(nn.Module):
 def available_chains(device: str | torch.device = "cpu") -> list[str]:
     """The chain back-ends that can run on `device` here, slowest first (always includes "torch")."""
     chains = ["torch"]
-    if torch.device(device).type == "cpu" and _kernels() is not None:
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and _kernels() is not None:
         chains.append("numba")
+    # Triton runs on CUDA, or anywhere under its interpreter (TRITON_INTERPRET=1, used by the tests)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if (torch.device(device).type == "cuda" or (on_cpu and interpret)) and _triton() is not None:
+        chains.insert(1, "triton") if on_cpu else chains.append("triton")
     return chains
 
 

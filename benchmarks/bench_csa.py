@@ -1,0 +1,156 @@
+"""Benchmark of the CSA layer: the fast layer (paper and official semantics, each chain back-end)
+against the line-by-line reference, forward and forward+backward (true gradient).
+
+Setting of the paper: C = 512 features at 32 x 32 (1/8 of a 256 image); masks are the official
+120 x 120 centre hole (T = 252 hole positions at 32 x 32) and irregular masks with 30-40 % holes.
+Timings are medians over repeats after warm-up, wall clock, torch.set_num_threads(--threads).
+
+    python benchmarks/bench_csa.py                 # CPU (and CUDA when present), writes RESULTS.md
+    python benchmarks/bench_csa.py --batch 1 --no-write
+
+The table goes into benchmarks/RESULTS.md between the markers below (other sections are left alone).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from csa_lib.csa import CoherentSemanticAttention, available_chains, csa_reference
+from csa_lib.masks import center_mask, feature_mask, irregular_mask
+
+START, END = "<!-- bench_csa:start -->", "<!-- bench_csa:end -->"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def masks(kind: str, batch: int, device) -> torch.Tensor:
+    """Feature-resolution hole masks bool [B, 1, 32, 32] for 256 x 256 images."""
+    if kind == "centre":
+        m = center_mask(256, 120)[None].expand(batch, 1, 256, 256)
+    else:
+        g = torch.Generator().manual_seed(0)
+        m = torch.stack([irregular_mask(256, (0.3, 0.4), generator=g) for _ in range(batch)])
+    return feature_mask(m.float()).to(device)
+
+
+def timed(fn, device, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median (wall ms, process CPU ms) of fn(). On a shared, overloaded machine the CPU time (all
+    threads of this process) is the steadier number; on a quiet one the two agree up to threading."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
+
+
+def bench_layer(layer, x, hole, device, repeats):
+    """((wall, cpu) forward ms under no_grad, (wall, cpu) forward+backward ms) of layer(x, hole)."""
+    with torch.no_grad():
+        fwd = timed(lambda: layer(x, hole), device, repeats)
+    xg = x.detach().clone().requires_grad_(True)
+    w = torch.randn_like(x)
+
+    def step():
+        (layer(xg, hole) * w).sum().backward()
+        xg.grad = None
+    return fwd, timed(step, device, repeats)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}{gpu}, "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def run(args) -> list[str]:
+    rows = []
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() and not args.cpu_only else [])
+    for device in devices:
+        for batch in args.batch:
+            for kind in ("centre", "irregular"):
+                hole = masks(kind, batch, device)
+                x = torch.randn(batch, 512, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+                T = hole.flatten(1).sum(1)
+                t_desc = f"{int(T.min())}-{int(T.max())}" if T.min() != T.max() else str(int(T[0]))
+                for semantics in ("paper", "official"):
+                    for chain in available_chains(device)[::-1]:
+                        layer = CoherentSemanticAttention(semantics, chain=chain)
+                        reps = args.repeats if chain != "torch" else args.ref_repeats   # the torch chain is slow
+                        fwd, fb = bench_layer(layer, x, hole, device, reps)
+                        rows.append((device.type, batch, kind, t_desc, semantics, f"fast ({chain})", fwd, fb))
+                        print(rows[-1], flush=True)
+                    if args.reference and device.type == "cpu" and batch in args.ref_batch:
+                        ref = lambda z, h, s=semantics: csa_reference(z, h, s)  # noqa: E731
+                        fwd, fb = bench_layer(ref, x, hole, device, args.ref_repeats)
+                        rows.append((device.type, batch, kind, t_desc, semantics, "csa_reference", fwd, fb))
+                        print(rows[-1], flush=True)
+    lines = [f"Machine: {machine()}; torch.set_num_threads({args.threads}).",
+             "Input: B x 512 x 32 x 32 float32 features; masks: official 120x120 centre hole of a 256 image "
+             "(T = 252 holes at 32x32) and irregular masks with 30-40 % holes (T per image).",
+             "Forward under no_grad; forward+backward = true gradient of a weighted sum. Medians in ms: "
+             "wall clock, and in brackets the CPU time of the process (all threads).",
+             "", "| device | B | mask | T | semantics | implementation | forward ms (cpu) | fwd+bwd ms (cpu) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dev, b, kind, t, sem, impl, fwd, fb in rows:
+        lines.append(f"| {dev} | {b} | {kind} | {t} | {sem} | {impl} | {fwd[0]:.2f} ({fwd[1]:.2f}) "
+                     f"| {fb[0]:.2f} ({fb[1]:.2f}) |")
+    return lines
+
+
+def write_section(lines: list[str], note: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the bench_csa section of RESULTS.md, leaving other sections alone."""
+    body = "\n".join([START, "## CSA layer (benchmarks/bench_csa.py)", "", *([note, ""] if note else []),
+                      *lines, END])
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + body + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    path.write_text(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--ref-repeats", type=int, default=3)
+    p.add_argument("--ref-batch", type=int, nargs="+", default=[1], help="batch sizes that also time csa_reference")
+    p.add_argument("--no-reference", dest="reference", action="store_false")
+    p.add_argument("--cpu-only", action="store_true")
+    p.add_argument("--no-write", dest="write", action="store_false")
+    p.add_argument("--note", default="", help="a sentence about the conditions, put above the table")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = run(args)
+    print("\n".join(lines))
+    if args.write:
+        write_section(lines, args.note)
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
