@@ -196,7 +196,7 @@ def resolve_inception_weights(weights: str | os.PathLike | None = "auto") -> Pat
             "at run time. Provide them in one of these ways: (1) on a machine with internet, run "
             "`python -c \"import torchvision; torchvision.models.inception_v3(weights='IMAGENET1K_V1')\"` "
             "once, which fills torchvision's cache; (2) copy a state dict for torchvision.models.inception_v3 "
-            "somewhere and pass its path (fid(..., weights=PATH), `csa eval --inception PATH`) or set "
+            "somewhere and pass its path (fid(..., weights=PATH), evaluate(..., fid=PATH)) or set "
             "CSA_INCEPTION_WEIGHTS=PATH.")
     return path
 
@@ -335,7 +335,7 @@ def _module_device(generator) -> torch.device:
 @torch.no_grad()
 def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, masks_by_bin=None,
              composite: bool = True, stage: str = "refined", max_images: int | None = None,
-             progress: bool = True, masks: str = "", split: str = "") -> EvalResult:
+             progress: bool = True, masks: str = "", split: str = "", fid=None) -> EvalResult:
     """Run ``generator(image, mask)`` over ``dataset`` and collect per-image L1, L2, PSNR and SSIM.
 
     ``dataset[i] -> (image [3,H,W] in [-1,1], mask [1,H,W])`` in a fixed order: build it with fixed masks
@@ -345,9 +345,16 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
     (prediction inside the hole only), ``False`` the raw output. ``masks_by_bin``: None (one "all" row),
     ``"hole_ratio"`` (10 % bins of each mask's hole ratio, as for the NVIDIA masks) or a callable
     ``mask [1,H,W] -> label``. ``masks``/``split`` are descriptions copied into the result for the table.
+    ``fid``: None (no FID), ``"auto"`` or a weights path (see :func:`load_inception`), or a loaded feature
+    network; then ``result.extra["fid"]`` is the FID between the ground truth and the scored outputs of
+    the whole set (one number, not per bin).
     """
     bin_fn = _bin_function(masks_by_bin)
     device = torch.device(device) if device is not None else _module_device(generator)
+    inception = None
+    if fid is not None:
+        inception = fid if isinstance(fid, torch.nn.Module) else load_inception(fid, device)
+    feats: dict[str, list[Tensor]] = {"real": [], "fake": []}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     was_training = getattr(generator, "training", None)
     if was_training:
@@ -369,6 +376,9 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
                 pred = _composite(pred, image, mask)
             for k, v in all_metrics(pred, image).items():
                 values[k].append(v.cpu())
+            if inception is not None:
+                feats["real"].append(inception_features(image, inception))
+                feats["fake"].append(inception_features(pred, inception))
             bins += [bin_fn(m) if bin_fn else "all" for m in mask.cpu()]
             bar.update(image.shape[0])
     finally:
@@ -377,8 +387,13 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
             generator.train()
     if not bins:
         raise ValueError("evaluate() got an empty dataset")
+    extra = {}
+    if inception is not None:
+        real, fake = torch.cat(feats["real"]), torch.cat(feats["fake"])
+        extra["fid"] = frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
     return EvalResult(values={k: torch.cat(v) for k, v in values.items()}, bins=bins,
-                      output="composited" if composite else "raw", stage=picked, masks=masks, split=split)
+                      output="composited" if composite else "raw", stage=picked, masks=masks, split=split,
+                      extra=extra)
 
 
 class _NoBar:
@@ -405,7 +420,8 @@ def results_table(results: EvalResult | Mapping[str, EvalResult]) -> str:
 
     L1 and L2 are in percent of the [0, 1] range (as in the inpainting literature), PSNR in dB, SSIM in
     [0, 1]. The output (composited/raw), masks and split are stated under the table, or as columns when
-    the results differ in them.
+    the results differ in them. A FID column (whole set, so on the "all" rows only) appears when any
+    result has ``extra["fid"]``.
     """
     if isinstance(results, EvalResult):
         results = {"model": results}
@@ -414,7 +430,8 @@ def results_table(results: EvalResult | Mapping[str, EvalResult]) -> str:
     facts = {name: (r.output + ("" if r.stage in ("refined", "tensor") else f" ({r.stage})"), r.masks, r.split)
              for name, r in results.items()}
     shared = len(set(facts.values())) == 1
-    head = ["model", "bin", "N", "L1 (%)", "L2 (%)", "PSNR (dB)", "SSIM"]
+    with_fid = any("fid" in r.extra for r in results.values())
+    head = ["model", "bin", "N", "L1 (%)", "L2 (%)", "PSNR (dB)", "SSIM"] + (["FID"] if with_fid else [])
     if not shared:
         head += ["output", "masks", "split"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -422,6 +439,8 @@ def results_table(results: EvalResult | Mapping[str, EvalResult]) -> str:
         for b, row in r.summary().items():
             cells = [name, b, str(row["n"]), _fmt(row["l1"], 100, 3), _fmt(row["l2"], 100, 3),
                      _fmt(row["psnr"], 1, 2), _fmt(row["ssim"], 1, 4)]
+            if with_fid:
+                cells.append(_fmt(r.extra["fid"], 1, 2) if b == "all" and "fid" in r.extra else "")
             if not shared:
                 cells += list(facts[name])
             lines.append("| " + " | ".join(cells) + " |")
@@ -462,12 +481,13 @@ def describe_split(data_cfg, n: int | None = None) -> str:
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | None = None, mask_dir: str | None = None,
                         eval_range: tuple[int, int] | None = None, batch_size: int = 8, device: str = "cpu",
                         composite: bool = True, max_images: int | None = None, masks_by_bin="auto",
-                        progress: bool = True) -> EvalResult:
+                        progress: bool = True, fid=None) -> EvalResult:
     """Evaluate a saved generator on its preset's eval split (or on ``data_dir`` / ``mask_dir``).
 
     ``data_dir`` replaces the image folder (its whole sorted list is used unless ``eval_range`` is
     given); ``mask_dir`` switches to a folder of masks (white = hole), binned by hole ratio. With
-    ``masks_by_bin="auto"`` folder and irregular masks are binned, centre masks are not.
+    ``masks_by_bin="auto"`` folder, irregular and rectangle masks are binned, centre masks are not.
+    ``fid``: as in :func:`evaluate` (None = no FID; ``"auto"`` or a path needs local Inception weights).
     """
     from csa_lib.data import build_dataset
     from csa_lib.train import load_generator
@@ -490,4 +510,4 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | None = No
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     return evaluate(generator, dataset, batch_size=batch_size, device=device, masks_by_bin=masks_by_bin,
                     composite=composite, max_images=max_images, progress=progress,
-                    masks=describe_masks(cfg), split=describe_split(cfg, n))
+                    masks=describe_masks(cfg), split=describe_split(cfg, n), fid=fid)

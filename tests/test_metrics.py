@@ -9,6 +9,7 @@ from skimage import data as skdata
 from skimage import filters, transform
 from skimage import metrics as skm
 
+from conftest import shared_path
 from csa_lib import metrics as M
 
 
@@ -293,3 +294,59 @@ def test_evaluate_on_fixed_eval_masks_is_reproducible():
         assert torch.equal(runs[0].values[k], runs[1].values[k])
     assert runs[0].n == len(build_dataset(cfg, "eval"))
     assert runs[0].masks.startswith("rect 10%-40%")
+
+
+def test_evaluate_with_fid_feature_network(tiny_set):
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())  # cheap stand-in
+    grey = lambda image, mask: torch.zeros_like(image)  # noqa: E731
+    res = M.evaluate(grey, tiny_set, batch_size=3, progress=False, fid=net)
+    image, mask = (torch.stack(v) for v in zip(*tiny_set))
+    assert res.extra["fid"] == pytest.approx(M.fid(image, M.composite(torch.zeros_like(image), image, mask),
+                                                   model=net), rel=1e-9)
+    assert M.evaluate(lambda i, m: i, tiny_set, progress=False, fid=net).extra["fid"] == pytest.approx(0, abs=1e-9)
+    table = M.results_table({"grey": res})
+    assert "| FID |" in table.splitlines()[0]
+    assert table.splitlines()[2].endswith(f"| {res.extra['fid']:.2f} |")
+    with pytest.raises(M.InceptionWeightsUnavailable):
+        M.evaluate(grey, tiny_set, progress=False, fid="/nonexistent/inception.pth")
+
+
+@pytest.fixture
+def smoke_checkpoint(tmp_path):
+    """A real trainer checkpoint of untrained smoke models whose eval split holds 6 images."""
+    from csa_lib.config import get_preset
+    from csa_lib.train import Trainer
+
+    preset = get_preset("smoke", **{"train.out_dir": str(tmp_path / "run"), "data.eval_range": (0, 6)})
+    return Trainer(preset, progress=False).save(tmp_path / "ckpt.pt"), preset
+
+
+@pytest.mark.filterwarnings("ignore:VGG16 with RANDOM weights")
+def test_evaluate_checkpoint_round_trip(smoke_checkpoint, tmp_path):
+    # evaluate_checkpoint = load_generator + evaluate on the preset's eval split (fixed masks).
+    from csa_lib.data import build_dataset
+    from csa_lib.train import load_generator
+
+    path, preset = smoke_checkpoint
+    res = M.evaluate_checkpoint(path, batch_size=4, progress=False)
+    assert res.n == 6 and res.output == "composited" and set(res.bins) <= {"10-20%", "20-30%", "30-40%", "40-50%"}
+    assert res.split == "embedded scikit-image photos at 32 px, 6 images"
+    generator, _ = load_generator(path)
+    want = M.evaluate(generator, build_dataset(preset.data, "eval"), progress=False)
+    torch.testing.assert_close(res.values["psnr"], want.values["psnr"])
+    raw = M.evaluate_checkpoint(path, composite=False, max_images=3, progress=False)
+    assert raw.n == 3 and raw.output == "raw" and (raw.values["l1"] > res.values["l1"][:3]).all()
+    with pytest.raises(FileNotFoundError, match="mask_dir"):
+        M.evaluate_checkpoint(path, mask_dir=tmp_path / "nope", progress=False)
+
+
+@pytest.mark.shared_data
+@pytest.mark.filterwarnings("ignore:VGG16 with RANDOM weights")
+def test_evaluate_checkpoint_with_nvidia_mask_folder(smoke_checkpoint):
+    masks = shared_path("data", "nvidia_masks_256")
+    path, _ = smoke_checkpoint
+    res = M.evaluate_checkpoint(path, mask_dir=masks, progress=False)
+    assert res.n == 6 and res.masks.startswith("folder nvidia_masks_256")
+    assert all(b in {f"{10 * k}-{10 * k + 10}%" for k in range(10)} for b in res.bins)
+    again = M.evaluate_checkpoint(path, mask_dir=masks, progress=False)
+    assert res.bins == again.bins and torch.equal(res.values["l1"], again.values["l1"])  # fixed masks
