@@ -196,7 +196,7 @@ def resolve_inception_weights(weights: str | os.PathLike | None = "auto") -> Pat
             "at run time. Provide them in one of these ways: (1) on a machine with internet, run "
             "`python -c \"import torchvision; torchvision.models.inception_v3(weights='IMAGENET1K_V1')\"` "
             "once, which fills torchvision's cache; (2) copy a state dict for torchvision.models.inception_v3 "
-            "somewhere and pass its path (fid(..., weights=PATH), evaluate(..., fid=PATH)) or set "
+            "somewhere and pass its path (fid(..., weights=PATH), evaluate(..., fid=PATH), `csa eval --fid PATH`) or set "
             "CSA_INCEPTION_WEIGHTS=PATH.")
     return path
 
