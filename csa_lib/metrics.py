@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 METRICS = ("l1", "l2", "psnr", "ssim")
 
@@ -363,7 +364,7 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
     bins: list[str] = []
     picked = stage
     total = len(dataset) if max_images is None else min(max_images, len(dataset))
-    bar = _progress(total, progress)
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
     try:
         for image, mask in loader:
             image, mask = image[: total - len(bins)], mask[: total - len(bins)]
@@ -371,12 +372,10 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
                 break
             image, mask = image.to(device), mask.to(device)
             pred, picked = _pick_output(generator(image, mask), stage)
-            pred = pred.float()
-            if composite:
-                pred = _composite(pred, image, mask)
+            pred = _composite(pred.float(), image, mask) if composite else pred.float()
             for k, v in all_metrics(pred, image).items():
                 values[k].append(v.cpu())
-            if inception is not None:
+            if inception is not None:  # features only: the images themselves are not kept
                 feats["real"].append(inception_features(image, inception))
                 feats["fake"].append(inception_features(pred, inception))
             bins += [bin_fn(m) if bin_fn else "all" for m in mask.cpu()]
@@ -394,21 +393,6 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
     return EvalResult(values={k: torch.cat(v) for k, v in values.items()}, bins=bins,
                       output="composited" if composite else "raw", stage=picked, masks=masks, split=split,
                       extra=extra)
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="evaluate", unit="img")
 
 
 def _fmt(v: float, scale: float = 1.0, digits: int = 4) -> str:
