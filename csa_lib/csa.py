@@ -259,17 +259,15 @@ def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
     """
     B, C, N = Fc.shape
     T = order.shape[1]
+    q_cols = torch.gather(Fc, 2, order[:, None, :].expand(B, C, T))   # [B, C, T] hole features
     with torch.no_grad():
         inv_norm = 1.0 / (Fc.square().sum(1).sqrt() + NORM_EPS)        # [B, N] (10x faster than .norm(dim=1))
-        query = torch.gather(Fc, 2, order[:, None, :].expand(B, C, T))  # [B, C, T]
-        sim = torch.bmm(query.transpose(1, 2), Fc)                      # [B, T, N] = <f_p, f_q>
+        sim = torch.bmm(q_cols.detach().transpose(1, 2), Fc.detach())   # [B, T, N] = <f_p, f_q>
         sim.mul_(inv_norm[:, None, :])                                  # official D_max
         sim.masked_fill_(holeflat[:, None, :], float("-inf"))           # sources must be known
         source = sim.argmax(dim=2)                                      # first maximum wins ties
-    # one differentiable gather for the hole features and their sources
-    idx = torch.cat([order, source], 1)[:, None, :].expand(B, C, 2 * T)
-    qk = torch.gather(Fc, 2, idx).transpose(1, 2)                    # [B, 2T, C]
-    q, k = qk[:, :T].contiguous(), qk[:, T:].contiguous()
+    q = q_cols.transpose(1, 2).contiguous()                             # [B, T, C]
+    k = torch.gather(Fc, 2, source[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
     q_inv = 1.0 / (q.norm(dim=-1) + NORM_EPS)
     g = q * q_inv[..., None]
     s = (q * k).sum(-1) / (k.norm(dim=-1) + NORM_EPS)
