@@ -125,6 +125,7 @@ def train_overrides(args, preset: Preset) -> dict[str, Any]:
 def cmd_train(args) -> int:
     from .train import Trainer
 
+    _setup_threads(args)
     preset = get_preset(args.preset)
     ov = train_overrides(args, preset)
     out_dir = Path(ov.get("train.out_dir", preset.train.out_dir))
@@ -175,11 +176,13 @@ def parse_range(text: str | None) -> tuple[int, int] | None:
 def cmd_eval(args) -> int:
     from .metrics import evaluate_checkpoint, results_table
 
+    _setup_threads(args)
     _need_file(args.checkpoint, "checkpoint")
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, mask_dir=args.masks,
                                  eval_range=parse_range(args.range), batch_size=args.batch_size,
                                  device=_device(args.device), composite=not args.raw,
-                                 max_images=args.max_images, progress=not args.quiet)
+                                 max_images=args.max_images, progress=not args.quiet,
+                                 fid=args.fid)
     print(results_table({Path(args.checkpoint).stem: result}))
     return 0
 
@@ -261,6 +264,7 @@ def cmd_inpaint(args) -> int:
     _need_file(args.checkpoint, "checkpoint")
     from .train import load_generator
 
+    _setup_threads(args)
     generator, preset = load_generator(args.checkpoint, device=_device(args.device))
     result = inpaint(generator, image, mask, preset.model.image_size)
     print(f"wrote {save_image(result, args.output)} ({mask.mean():.0%} of the pixels filled)")
@@ -274,6 +278,7 @@ def cmd_demo(args) -> int:
     """Train the demo preset on the embedded photos (or reuse a finished run), then write figures."""
     from .train import Trainer, load_checkpoint
 
+    _setup_threads(args)
     preset = get_preset("demo")
     ov = {"train.out_dir": str(args.out)}
     if args.steps is not None:
@@ -298,8 +303,10 @@ def cmd_demo(args) -> int:
             for name in ("last.pt", "prev.pt"):
                 (out / "checkpoints" / name).unlink(missing_ok=True)
             (out / "log.jsonl").unlink(missing_ok=True)
+        import torch
+
         print(f"training the demo preset ({preset.train.steps} steps, batch {preset.train.batch_size}, "
-              f"{preset.data.image_size} px) -> {out}")
+              f"{preset.data.image_size} px, {torch.get_num_threads()} CPU threads) -> {out}")
         _fit(Trainer(preset, progress=not args.quiet))
     paths = demo_figures(out, device=_device(args.device))
     print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; figures:")
@@ -339,7 +346,8 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
     paths = {}
 
     fig = viz.inpainting_grid(_cpu(out), image, mask, n=n, columns=["coarse", "refined", "composite"])
-    fig.suptitle("held-out crops: masked input | coarse | refined | composite | ground truth", fontsize=10)
+    fig.suptitle(f"{preset.name} after {_trained_steps(run_dir)} steps, evaluation crops (fixed masks)",
+                 fontsize=10, y=1.01)
     paths["inpainting"] = _savefig(fig, run_dir / "inpainting.png")
 
     att = out.attention
@@ -359,7 +367,9 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
         axes[1, j].imshow(viz.masked_display(timgs[j], tmasks[j]))
         for ax in axes[:, j]:
             ax.set_axis_off()
-    fig.suptitle(f"training samples and their masks ({describe_masks(preset.data)})", fontsize=10)
+    lo, hi = preset.data.hole_ratio
+    fig.suptitle(f"training samples and their random {preset.data.masks} masks "
+                 f"(hole ratio {lo:.0%}-{hi:.0%})", fontsize=10)
     fig.tight_layout()
     paths["data"] = _savefig(fig, run_dir / "data_samples.png")
 
@@ -388,6 +398,12 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
     return paths
 
 
+def _trained_steps(run_dir) -> int:
+    from .train import load_checkpoint
+
+    return int(load_checkpoint(run_dir)["step"])
+
+
 def _cpu(out):
     from .train import detach_output
 
@@ -407,6 +423,30 @@ def _savefig(fig, path: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Parser and entry point
 # --------------------------------------------------------------------------------------------------
+def cpu_threads(requested: int | None = None) -> int:
+    """Threads for CPU work: ``requested``, else the cores that are idle now (at least one).
+
+    PyTorch's OpenMP threads spin at every barrier; when another process holds one of the cores, a
+    thread per core makes every operation wait for the descheduled one, which can be several times
+    slower than one thread. ``OMP_NUM_THREADS`` set by the user wins.
+    """
+    if requested is not None:
+        return max(1, requested)
+    n = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]  # runnable processes, averaged over the last minute
+    except (OSError, AttributeError):  # not available on Windows
+        busy = 0.0
+    return max(1, min(n, round(n - busy)))
+
+
+def _setup_threads(args) -> None:
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(cpu_threads(getattr(args, "threads", None)))
+
+
 def _device(name: str | None) -> str:
     if name in (None, "auto"):
         import torch
@@ -432,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any preset field, e.g. --set train.batch_size=4 (repeatable)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="L1/L2/PSNR/SSIM of a checkpoint on fixed evaluation masks")
@@ -442,8 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-images", type=int)
     e.add_argument("--raw", action="store_true", help="score the raw output instead of the composite")
+    e.add_argument("--fid", nargs="?", const="auto", metavar="WEIGHTS",
+                   help="also FID; local Inception-v3 weights: a path, or none = torchvision's cache "
+                        "(never downloaded)")
     e.add_argument("--device", help="auto | cpu | cuda")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("inpaint", help="fill the hole of one image")
@@ -452,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("mask", help="binary mask file of the same size, white (255) = hole")
     i.add_argument("-o", "--output", required=True, help="output image file (PNG)")
     i.add_argument("--device", help="auto | cpu | cuda")
+    i.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     i.set_defaults(func=cmd_inpaint)
 
     d = sub.add_parser("demo", help="train the demo preset on the embedded photos and write figures")
@@ -460,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
     d.add_argument("--device", help="auto | cpu | cuda")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -469,7 +516,8 @@ def is_expected(e: BaseException) -> bool:
     if isinstance(e, (CLIError, OSError, ValueError)):
         return True
     # Library errors; their modules are only loaded (with torch) when a command got that far.
-    for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.vgg", "VGGWeightsUnavailable")):
+    for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.vgg", "VGGWeightsUnavailable"),
+                         ("csa_lib.metrics", "InceptionWeightsUnavailable")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True

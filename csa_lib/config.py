@@ -157,8 +157,10 @@ def _demo() -> Preset:
         data=DataConfig(image_size=64, masks="irregular", hole_ratio=(0.1, 0.4)),
         model=ModelConfig(image_size=64, base_channels=16),
         loss=LossConfig(vgg_weights="auto"),
-        train=TrainConfig(batch_size=8, steps=400, decay_start=200, log_every=10, sample_every=100,
-                          ckpt_every=100, out_dir="runs/demo"),
+        # Measured on a 2-core CPU: ~0.8 s per step on one free core, so ~3 min of training; the time
+        # budget caps a slow machine at 7 min (a second `csa demo` then resumes the run).
+        train=TrainConfig(batch_size=4, steps=240, decay_start=120, log_every=10, sample_every=40,
+                          ckpt_every=40, out_dir="runs/demo", time_budget_s=420.0),
     )
 
 

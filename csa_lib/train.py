@@ -42,6 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from .config import Preset
 
 CKPT_DIR = "checkpoints"
+#: Shown on the progress bar (the rest goes to log.jsonl / TensorBoard).
+BAR_KEYS = ("G/l1_refined", "G/total", "D/total", "images_per_s")
 LAST, PREV = "last.pt", "prev.pt"
 
 
@@ -347,6 +349,11 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp = amp_dtype(cfg.amp, self.device)
         self.out_dir = Path(cfg.out_dir)
+        if self.device.type == "cuda":
+            # Fixed input sizes: let cuDNN pick the fastest kernels; fp32 matmuls outside autocast may
+            # use TF32. (Exact resume is promised on the CPU only.)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
         seed_everything(cfg.seed)  # model initialisation is a function of the seed
 
         self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
@@ -564,9 +571,8 @@ class Trainer:
         self.G.train(), self.D.train(), self.F.train()
         self._trim_log()
         sample_batch = self.fixed_batch()
-        start, stopped = time.perf_counter(), "done"
-        window_t, window_n, sums = start, 0, {}
-        images = 0
+        start, stopped, images = time.perf_counter(), "done", 0
+        window = {"t": start, "steps": 0, "images": 0, "sums": {}}  # averages between two log lines
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.preset.name, disable=not self.progress,
                    dynamic_ncols=True)
         try:
@@ -575,30 +581,21 @@ class Trainer:
                 mask = mask.to(self.device, non_blocking=True)
                 logs = self.train_step(image, mask)
                 images += image.shape[0]
-                window_n += image.shape[0]
+                window["steps"] += 1
+                window["images"] += image.shape[0]
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    window["sums"][k] = window["sums"].get(k, 0.0) + v
                 if callback is not None:
                     callback(self, logs)
                 bar.update(1)
                 last = self.step == cfg.steps
-                over_budget = (cfg.time_budget_s is not None
-                               and time.perf_counter() - start > cfg.time_budget_s)
-                if self.step % cfg.log_every == 0 or last or over_budget:
-                    now = time.perf_counter()
-                    n_steps = max(1, round(window_n / image.shape[0]))
-                    record = {"step": self.step, **{k: v / n_steps for k, v in sums.items()},
-                              "images_per_s": window_n / max(now - window_t, 1e-9),
-                              "elapsed_s": self.elapsed_s + now - start}
-                    self._log(record)
-                    bar.set_postfix({k.split("/")[-1] if k.endswith("total") else k: f"{v:.3g}"
-                                     for k, v in record.items() if k in ("G/total", "D/total")}
-                                    | {"img/s": f"{record['images_per_s']:.1f}"})
-                    window_t, window_n, sums = now, 0, {}
+                if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
+                    stopped = "done" if last else "time_budget"
+                if self.step % cfg.log_every == 0 or last or stopped != "done":
+                    record = self._log_window(window, start)
+                    bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in BAR_KEYS if k in record})
                 if self.step % cfg.sample_every == 0 or last:
                     self.save_samples(sample_batch)
-                if over_budget and not last:
-                    stopped = "time_budget"
                 if self.step % cfg.ckpt_every == 0 or last or stopped != "done":
                     self._save_with_time(start)
                 if stopped != "done":
@@ -611,6 +608,16 @@ class Trainer:
         self.elapsed_s += session
         return {"step": self.step, "stopped": stopped, "elapsed_s": self.elapsed_s,
                 "images_per_s": images / max(session, 1e-9), "checkpoint": str(self.checkpoint_path)}
+
+    def _log_window(self, window: dict[str, Any], start: float) -> dict[str, Any]:
+        """Write the averages since the last log line (and the throughput), then reset the window."""
+        now = time.perf_counter()
+        record = {"step": self.step, **{k: v / window["steps"] for k, v in window["sums"].items()},
+                  "images_per_s": window["images"] / max(now - window["t"], 1e-9),
+                  "elapsed_s": self.elapsed_s + now - start}
+        self._log(record)
+        window.update(t=now, steps=0, images=0, sums={})
+        return record
 
     def _save_with_time(self, start: float) -> None:
         # The checkpoint records the training time so far (this session included).

@@ -10,6 +10,16 @@ from csa_lib.cli import main, parse_value, read_image_and_mask
 from csa_lib.config import REPO_ROOT
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    # `csa` picks a CPU thread count for its process; give the test worker its own setting back.
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def write_png(path, array):
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
     return path
@@ -28,7 +38,7 @@ def image_and_mask(tmp_path):
 def test_train_eval_inpaint_end_to_end(tmp_path, image_and_mask, capsys):
     run = tmp_path / "run"
     train = ["train", "--preset", "smoke", "--out", str(run), "--steps", "2", "--vgg-weights", "none",
-             "--set", "train.tensorboard=false", "--set", "train.sample_every=2", "-q"]
+             "--set", "train.tensorboard=false", "--set", "train.sample_every=2", "-q", "--threads", "1"]
     assert main(train) == 0
     ckpt = run / "checkpoints" / "last.pt"
     assert ckpt.is_file() and (run / "log.jsonl").is_file()
@@ -44,13 +54,13 @@ def test_train_eval_inpaint_end_to_end(tmp_path, image_and_mask, capsys):
     folder.mkdir()
     for k in range(3):
         write_png(folder / f"{k}.png", np.full((32, 32, 3), 60 * k, np.uint8))
-    assert main(["eval", str(ckpt), "--data", str(folder), "-q"]) == 0
+    assert main(["eval", str(ckpt), "--data", str(folder), "-q", "--threads", "1"]) == 0
     table = capsys.readouterr().out
     assert "| model | bin | N |" in table and "| 3 |" in table and "composited" in table
 
     image, mask = image_and_mask
     out = tmp_path / "filled.png"
-    assert main(["inpaint", str(ckpt), str(image), str(mask), "-o", str(out)]) == 0
+    assert main(["inpaint", str(ckpt), str(image), str(mask), "-o", str(out), "--threads", "1"]) == 0
     src, got, hole = (np.asarray(Image.open(p)) for p in (image, out, mask))
     assert got.shape == src.shape
     assert np.array_equal(got[hole == 0], src[hole == 0])  # known pixels are kept exactly
