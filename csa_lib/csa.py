@@ -29,15 +29,24 @@ also copies k_t (a = 0, b = 1). Never NaN, never larger than the largest input v
 
 Conventions shared by both implementations:
 * argmax ties go to the known position with the smallest raster index (torch.argmax's rule);
-* known positions are returned unchanged (the official code writes f_{c(p)} there, where c(p) is the
-  best known match of the known position p; by Cauchy-Schwarz that is p itself up to exact ties with a
-  parallel vector of larger norm, which we ignore);
+* known positions are returned unchanged (the official code writes f_{c(p)} there, c(p) being the
+  best known match of the known position p: by Cauchy-Schwarz that is p itself, except when another
+  known vector is an exact positive multiple of f_p, which does not happen with real features);
 * an image without holes is returned unchanged (count 0); an image without any known position has
-  nothing to copy from: it is returned unchanged and its attention reports count 0.
+  nothing to copy from: it is returned unchanged and its attention reports count 0;
+* every image of a batch has its own mask and its own T (the official code shares one mask).
 
 Backward: ``backward="autograd"`` is the true gradient of the forward (through D_max, D_ad, the
-coefficients and the gathered k_t; the argmax is piecewise constant). ``backward="official"`` is the
-official custom rule, see :class:`_OfficialBackward`.
+coefficients and the gathered k_t; the argmax is piecewise constant, so it has no gradient).
+``backward="official"`` is the official custom rule grad_x = grad_y + W^T grad_y with W the N x N
+attention matrix truncated to integers (see :class:`_OfficialBackward`): holes get their own gradient
+unchanged, known positions twice theirs (plus the first hole's at its source), nothing flows through
+the argmax, the scores or the coefficients.
+
+Cost: the search is one batched [T x C] @ [C x N] matmul (the floor of the layer); the chain is T
+dependent steps of a dot product and an axpy over C floats per image, run by a compiled kernel
+(numba on CPU, Triton on CUDA) with a hand-written reverse recurrence for the backward; with neither
+available it runs as T small torch ops per step (correct but slow, and slower still under autograd).
 """
 from __future__ import annotations
 
@@ -252,8 +261,8 @@ def _hole_order(holeflat: Tensor):
 def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
     """Batched search. Fc: features [B, C, N], holeflat bool [B, N], order [B, T] (hole positions).
 
-    Returns source [B, T] (argmax, no graph) and the differentiable pieces of the chain:
-    q [B,T,C] (hole features), k [B,T,C] (best known features), g = q / (||q|| + eps), s [B,T] (D_max).
+    Returns source [B, T] (argmax, no graph) and, differentiable w.r.t. Fc, the gathered
+    q [B,T,C] (hole features f_{p_t}) and k [B,T,C] (best known features f_{c(p_t)}).
     The argmax is the same for both semantics: paper's cosine is official's score divided by the
     positive ||f_p|| + eps of the row.
     """
@@ -268,12 +277,15 @@ def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
         source = sim.argmax(dim=2)                                      # first maximum wins ties
     q = q_cols.transpose(1, 2).contiguous()                             # [B, T, C]
     k = torch.gather(Fc, 2, source[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
+    return source, q, k
+
+
+def _scores(q: Tensor, k: Tensor, paper: bool):
+    """g = q / (||q|| + eps) [B,T,C] and s = D_max(p_t, c(p_t)) [B,T] from q, k [B,T,C] (torch ops)."""
     q_inv = 1.0 / (q.norm(dim=-1) + NORM_EPS)
     g = q * q_inv[..., None]
     s = (q * k).sum(-1) / (k.norm(dim=-1) + NORM_EPS)
-    if paper:
-        s = s * q_inv
-    return source, q, k, g, s
+    return g, (s * q_inv if paper else s)
 
 
 def _chain_torch(k: Tensor, g: Tensor, s: Tensor, valid: Tensor, paper: bool):
@@ -353,7 +365,8 @@ def _csa_torch(x: Tensor, holeflat: Tensor, paper: bool):
     B, C, H, W = x.shape
     Fc = x.reshape(B, C, H * W)                                       # a view for NCHW-contiguous x
     count, order, valid, bi, ti = _hole_order(holeflat)
-    source, q, k, g, s = _search(Fc, holeflat, order, paper)
+    source, q, k = _search(Fc, holeflat, order, paper)
+    g, s = _scores(q, k, paper)
     m, d, a, b = _chain_torch(*_sanitise_padding(k, g, s, valid), valid, paper)
     y = Fc.clone()
     y[bi, :, order[bi, ti]] = m[bi, ti]                               # holes <- m_t, known unchanged
@@ -375,10 +388,10 @@ class _FusedCSA(torch.autograd.Function):
         B, C, H, W = x.shape
         Fc = x.reshape(B, C, H * W)
         count, order, valid, bi, ti = _hole_order(holeflat)
-        source, q, k, g, s = _search(Fc, holeflat, order, paper)
-        m, d, a, b = _CHAIN_FORWARD[chain](k, g, s, count, paper)
+        source, q, k = _search(Fc, holeflat, order, paper)
+        m, s, d, a, b = _CHAIN_FORWARD[chain](q, k, count, paper)
         y = _put_columns(Fc.clone(), order, m, count)                 # holes <- m_t
-        ctx.save_for_backward(q, k, g, s, m, d, a, b, count, order, source)
+        ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
         ctx.paper, ctx.chain, ctx.x_shape = paper, chain, x.shape
         outs = (count, order, source, s, d, a, b)
         ctx.mark_non_differentiable(*outs)
@@ -386,13 +399,12 @@ class _FusedCSA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, *_):
-        q, k, g, s, m, d, a, b, count, order, source = ctx.saved_tensors
+        q, k, s, m, d, a, b, count, order, source = ctx.saved_tensors
         B, C, H, W = ctx.x_shape
         T = order.shape[1]
         G = gy.reshape(B, C, H * W)
         gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
-        gk, gg, gs = _CHAIN_BACKWARD[ctx.chain](gm, k, g, s, m, d, a, b, count, ctx.paper)
-        dq, dk = _score_grads(q, k, gk, gg, gs, ctx.paper)
+        dq, dk = _CHAIN_BACKWARD[ctx.chain](gm, q, k, s, m, d, a, b, count, ctx.paper)
         grad = _put_columns(G.clone(memory_format=torch.contiguous_format), order, dq, count)  # y_p = m_t, not f_p
         grad.scatter_add_(2, source[:, None, :].expand(B, C, T), dk.transpose(1, 2))  # padding adds 0
         return grad.view(B, C, H, W), None, None, None
@@ -442,29 +454,33 @@ def _np(t: Tensor):
     return t.detach().contiguous().numpy()
 
 
-def _numba_chain_forward(k, g, s, count, paper):
-    """m [B,T,C], d, a, b [B,T] from the numba kernel (padded steps stay 0)."""
+def _numba_chain_forward(q, k, count, paper):
+    """m [B,T,C] and s, d, a, b [B,T] from the numba kernel (padded steps stay 0)."""
     m = torch.zeros_like(k)
-    d, a, b = (torch.zeros_like(s) for _ in range(3))
-    _kernels().chain_forward(_np(k), _np(g), _np(s), _np(count), paper, NORM_EPS, GUARD_EPS,
-                             m.numpy(), d.numpy(), a.numpy(), b.numpy())
-    return m, d, a, b
+    s, d, a, b = (k.new_zeros(k.shape[:2]) for _ in range(4))
+    _kernels().chain_forward(_np(q), _np(k), _np(count), paper, NORM_EPS, GUARD_EPS,
+                             m.numpy(), s.numpy(), d.numpy(), a.numpy(), b.numpy())
+    return m, s, d, a, b
 
 
-def _numba_chain_backward(gm, k, g, s, m, d, a, b, count, paper):
-    """dL/dk, dL/dg [B,T,C], dL/ds [B,T] from dL/dm by the numba reverse recurrence."""
-    gk, gg, gs = torch.zeros_like(k), torch.zeros_like(g), torch.zeros_like(s)
-    _kernels().chain_backward(_np(gm), _np(k), _np(g), _np(s), _np(m), _np(d), _np(a), _np(b), _np(count),
-                              paper, NORM_EPS, GUARD_EPS, gk.numpy(), gg.numpy(), gs.numpy())
-    return gk, gg, gs
+def _numba_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
+    """dL/dq, dL/dk [B,T,C] from dL/dm by the numba reverse recurrence (normalisations fused in)."""
+    dq, dk = torch.zeros_like(q), torch.zeros_like(k)
+    _kernels().chain_backward(_np(gm), _np(q), _np(k), _np(s), _np(m), _np(d), _np(a), _np(b), _np(count),
+                              paper, NORM_EPS, GUARD_EPS, dq.numpy(), dk.numpy())
+    return dq, dk
 
 
-def _triton_chain_forward(k, g, s, count, paper):
-    return _triton().chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
+def _triton_chain_forward(q, k, count, paper):
+    g, s = _scores(q, k, paper)
+    m, d, a, b = _triton().chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
+    return m, s, d, a, b
 
 
-def _triton_chain_backward(gm, k, g, s, m, d, a, b, count, paper):
-    return _triton().chain_backward(gm, k, g, s, m, d, a, b, count, paper, NORM_EPS, GUARD_EPS)
+def _triton_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
+    g, _ = _scores(q, k, paper)
+    gk, gg, gs = _triton().chain_backward(gm, k, g, s, m, d, a, b, count, paper, NORM_EPS, GUARD_EPS)
+    return _score_grads(q, k, gk, gg, gs, paper)
 
 
 _CHAIN_FORWARD = {"numba": _numba_chain_forward, "triton": _triton_chain_forward}
@@ -578,7 +594,7 @@ def available_chains(device: str | torch.device = "cpu") -> list[str]:
     # Triton runs on CUDA, or anywhere under its interpreter (TRITON_INTERPRET=1, used by the tests)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if (torch.device(device).type == "cuda" or (on_cpu and interpret)) and _triton() is not None:
-        chains.insert(1, "triton") if on_cpu else chains.append("triton")
+        chains.insert(1 if on_cpu else len(chains), "triton")   # interpreted Triton is slower than numba
     return chains
 
 
