@@ -217,7 +217,10 @@ class RefineNet(nn.Module):
                 if tuple(feature_hole.shape[-2:]) != tuple(x.shape[-2:]):
                     raise ValueError(f"feature_hole is {tuple(feature_hole.shape)}, the attention level "
                                      f"is {tuple(x.shape)}")
-                y = level.attention(x, feature_hole, return_attention=return_attention)
+                # fp32 even under autocast (bf16 on CUDA): the argmax search and the chain recurrence
+                # need the precision, and the compiled CPU kernels take fp32 only.
+                with torch.autocast(x.device.type, enabled=False):
+                    y = level.attention(x.float(), feature_hole, return_attention=return_attention)
                 x, att = y if return_attention else (y, None)
                 csa_out = x
             x = level.down_norm(x)

@@ -147,6 +147,16 @@ def test_time_budget_stops_early_with_a_checkpoint(tmp_path, vgg):
     assert load_checkpoint(tmp_path)["step"] == 1
 
 
+def test_bf16_autocast_step_runs_on_cpu(tmp_path, vgg):
+    # The CUDA path (amp="auto" -> bf16) exercised on the CPU: a finite step, weights stay fp32.
+    trainer = Trainer(smoke(tmp_path, **{"train.steps": 1, "train.amp": "bf16"}), vgg=vgg, progress=False)
+    assert trainer.amp == torch.bfloat16
+    trainer.fit()
+    record = read_log(tmp_path / "log.jsonl")[-1]
+    assert all(np.isfinite(v) for k, v in record.items() if k.startswith(("G/", "D/")))
+    assert all(p.dtype == torch.float32 for p in trainer.G.parameters())
+
+
 def test_lr_schedule_values():
     assert [lr_factor(s, 10, 6) for s in range(11)] == [1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25, 0.0]
     assert [lr_factor(s, 10, None) for s in (0, 5, 10)] == [1.0, 1.0, 1.0]
