@@ -59,15 +59,16 @@ def timed(fn, device, repeats: int, warmup: int = 2) -> tuple[float, float]:
 
 def bench_layer(layer, x, hole, device, repeats):
     """((wall, cpu) forward ms under no_grad, (wall, cpu) forward+backward ms) of layer(x, hole)."""
+    warmup = 1 if repeats <= 3 else 2                     # the slow implementations get one warm-up
     with torch.no_grad():
-        fwd = timed(lambda: layer(x, hole), device, repeats)
+        fwd = timed(lambda: layer(x, hole), device, repeats, warmup)
     xg = x.detach().clone().requires_grad_(True)
     w = torch.randn_like(x)
 
     def step():
         (layer(xg, hole) * w).sum().backward()
         xg.grad = None
-    return fwd, timed(step, device, repeats)
+    return fwd, timed(step, device, repeats, warmup)
 
 
 def machine() -> str:

@@ -569,6 +569,10 @@ class CoherentSemanticAttention(nn.Module):
 
     def forward(self, x: Tensor, hole: Tensor, return_attention: bool = False, return_rows: bool = False):
         x, hole = _check_inputs(x, hole)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # the ratios d / (d + s) are ill-conditioned in half precision: compute in float32
+            out = self.forward(x.float(), hole, return_attention, return_rows)
+            return (out[0].to(x.dtype), out[1]) if isinstance(out, tuple) else out.to(x.dtype)
         paper = self.semantics == "paper"
         chain = _pick_chain(self.chain, x)
         if self.backward == "autograd":

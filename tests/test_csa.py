@@ -229,6 +229,20 @@ def test_degenerate_masks(chain, backward, gen):
     check_same(y.detach(), att, y_ref, att_ref, 1e-10, 1e-10)
 
 
+def test_memory_formats_and_half_precision(gen):
+    x, hole = make_case((2, 8, 8, 8, "blob"), gen, torch.float32, offset=1.0)
+    layer = CoherentSemanticAttention()
+    y = layer(x, hole)
+    xc = x.clone().to(memory_format=torch.channels_last).requires_grad_(True)
+    torch.testing.assert_close(layer(xc, hole), y)
+    layer(xc, hole).sum().backward()
+    xn = x.clone().requires_grad_(True)
+    layer(xn, hole).sum().backward()
+    torch.testing.assert_close(xc.grad, xn.grad)
+    yh = layer(x.to(torch.bfloat16), hole)                 # computed in float32, returned in bfloat16
+    assert yh.dtype == torch.bfloat16 and torch.isfinite(yh.float()).all()
+
+
 def test_empty_batch_shapes(gen):
     x = torch.randn(2, 3, 4, 4, generator=gen)
     y, att = CoherentSemanticAttention()(x, torch.zeros(2, 1, 4, 4, dtype=torch.bool), return_rows=True)
