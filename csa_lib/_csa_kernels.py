@@ -180,3 +180,32 @@ def chain_backward(gm, q, k, s, m, d, a, b, count, paper, neps, geps, dq, dk):
                     G[c] = at * G[c] + gd * iq * qv + gm[i, t - 1, c]
         for c in range(C):
             dk[i, 0, c] = G[c]
+
+
+@njit(**_JIT)
+def masked_argmax(sim, F, hole, neps, source):
+    """source[b, t] = argmax over known n of sim[b, t, n] / (||F[b, :, n]|| + eps) (the official D_max
+    from the raw scores sim = <f_p, f_n> [B,T,N]; F [B,C,N], hole bool [B,N]); the first maximum wins.
+    Fuses the column norms, the scaling, the mask and the argmax into one pass over sim."""
+    B, T, N = sim.shape
+    C = F.shape[1]
+    acc = np.empty(N, dtype=np.float64)
+    inv = np.empty(N, dtype=sim.dtype)                  # same precision as torch's scaled scores
+    for i in range(B):
+        acc[:] = 0.0
+        for c in range(C):                              # row-wise, so it vectorises
+            for n in range(N):
+                v = F[i, c, n]
+                acc[n] += v * v
+        for n in range(N):
+            inv[n] = 1.0 / (np.sqrt(acc[n]) + neps)
+        for t in range(T):
+            best = -np.inf
+            arg = 0
+            for n in range(N):
+                if not hole[i, n]:
+                    v = sim[i, t, n] * inv[n]
+                    if v > best:
+                        best = v
+                        arg = n
+            source[i, t] = arg

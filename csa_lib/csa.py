@@ -258,23 +258,27 @@ def _hole_order(holeflat: Tensor):
     return count, order, valid, bi, ti
 
 
-def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
+def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool, fused_argmax: bool = False):
     """Batched search. Fc: features [B, C, N], holeflat bool [B, N], order [B, T] (hole positions).
 
     Returns source [B, T] (argmax, no graph) and, differentiable w.r.t. Fc, the gathered
     q [B,T,C] (hole features f_{p_t}) and k [B,T,C] (best known features f_{c(p_t)}).
     The argmax is the same for both semantics: paper's cosine is official's score divided by the
-    positive ||f_p|| + eps of the row.
+    positive ||f_p|| + eps of the row. fused_argmax: use the numba kernel (CPU tensors only).
     """
     B, C, N = Fc.shape
     T = order.shape[1]
     q_cols = torch.gather(Fc, 2, order[:, None, :].expand(B, C, T))   # [B, C, T] hole features
     with torch.no_grad():
-        inv_norm = 1.0 / (Fc.square().sum(1).sqrt() + NORM_EPS)        # [B, N] (10x faster than .norm(dim=1))
         sim = torch.bmm(q_cols.detach().transpose(1, 2), Fc.detach())   # [B, T, N] = <f_p, f_q>
-        sim.mul_(inv_norm[:, None, :])                                  # official D_max
-        sim.masked_fill_(holeflat[:, None, :], float("-inf"))           # sources must be known
-        source = sim.argmax(dim=2)                                      # first maximum wins ties
+        if fused_argmax:                                                # the same four steps in one pass
+            source = torch.empty(B, T, dtype=torch.long)
+            _kernels().masked_argmax(sim.numpy(), _np(Fc), _np(holeflat), NORM_EPS, source.numpy())
+        else:
+            inv_norm = 1.0 / (Fc.square().sum(1).sqrt() + NORM_EPS)    # [B, N] (10x faster than .norm(dim=1))
+            sim.mul_(inv_norm[:, None, :])                              # official D_max
+            sim.masked_fill_(holeflat[:, None, :], float("-inf"))       # sources must be known
+            source = sim.argmax(dim=2)                                  # first maximum wins ties
     q = q_cols.transpose(1, 2).contiguous()                             # [B, T, C]
     k = torch.gather(Fc, 2, source[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
     return source, q, k
@@ -388,7 +392,7 @@ class _FusedCSA(torch.autograd.Function):
         B, C, H, W = x.shape
         Fc = x.reshape(B, C, H * W)
         count, order, valid, bi, ti = _hole_order(holeflat)
-        source, q, k = _search(Fc, holeflat, order, paper)
+        source, q, k = _search(Fc, holeflat, order, paper, fused_argmax=chain == "numba")
         m, s, d, a, b = _CHAIN_FORWARD[chain](q, k, count, paper)
         y = _put_columns(Fc.clone(), order, m, count)                 # holes <- m_t
         ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
