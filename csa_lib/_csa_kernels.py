@@ -209,3 +209,31 @@ def masked_argmax(sim, F, hole, neps, source):
                         best = v
                         arg = n
             source[i, t] = arg
+
+
+@njit(**_JIT)
+def gather_columns(F, idx, out):
+    """out[b, t, :] = F[b, :, idx[b, t]]: gather feature columns of F [B,C,N] into rows of out [B,T,C].
+    Row by row of F, so reads stay in one 4 KB row and the T written lines stay in L1 (a torch gather
+    followed by a transpose copy is several times slower)."""
+    B, C, N = F.shape
+    T = idx.shape[1]
+    for i in range(B):
+        for c in range(C):
+            for t in range(T):
+                out[i, t, c] = F[i, c, idx[i, t]]
+
+
+@njit(**_JIT)
+def put_columns(out, idx, vals, count, add):
+    """out[b, :, idx[b, t]] = vals[b, t, :] (or += with add=True) for t < count[b], in place on
+    out [B,C,N]; vals [B,T,C]. The inverse pattern of gather_columns, row by row of out."""
+    B, C, N = out.shape
+    for i in range(B):
+        n = count[i]
+        for c in range(C):
+            for t in range(n):
+                if add:
+                    out[i, c, idx[i, t]] += vals[i, t, c]
+                else:
+                    out[i, c, idx[i, t]] = vals[i, t, c]

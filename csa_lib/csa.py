@@ -258,29 +258,40 @@ def _hole_order(holeflat: Tensor):
     return count, order, valid, bi, ti
 
 
-def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool, fused_argmax: bool = False):
+def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
     """Batched search. Fc: features [B, C, N], holeflat bool [B, N], order [B, T] (hole positions).
 
     Returns source [B, T] (argmax, no graph) and, differentiable w.r.t. Fc, the gathered
     q [B,T,C] (hole features f_{p_t}) and k [B,T,C] (best known features f_{c(p_t)}).
     The argmax is the same for both semantics: paper's cosine is official's score divided by the
-    positive ||f_p|| + eps of the row. fused_argmax: use the numba kernel (CPU tensors only).
+    positive ||f_p|| + eps of the row.
     """
     B, C, N = Fc.shape
     T = order.shape[1]
     q_cols = torch.gather(Fc, 2, order[:, None, :].expand(B, C, T))   # [B, C, T] hole features
     with torch.no_grad():
+        inv_norm = 1.0 / (Fc.square().sum(1).sqrt() + NORM_EPS)        # [B, N] (10x faster than .norm(dim=1))
         sim = torch.bmm(q_cols.detach().transpose(1, 2), Fc.detach())   # [B, T, N] = <f_p, f_q>
-        if fused_argmax:                                                # the same four steps in one pass
-            source = torch.empty(B, T, dtype=torch.long)
-            _kernels().masked_argmax(sim.numpy(), _np(Fc), _np(holeflat), NORM_EPS, source.numpy())
-        else:
-            inv_norm = 1.0 / (Fc.square().sum(1).sqrt() + NORM_EPS)    # [B, N] (10x faster than .norm(dim=1))
-            sim.mul_(inv_norm[:, None, :])                              # official D_max
-            sim.masked_fill_(holeflat[:, None, :], float("-inf"))       # sources must be known
-            source = sim.argmax(dim=2)                                  # first maximum wins ties
+        sim.mul_(inv_norm[:, None, :])                                  # official D_max
+        sim.masked_fill_(holeflat[:, None, :], float("-inf"))           # sources must be known
+        source = sim.argmax(dim=2)                                      # first maximum wins ties
     q = q_cols.transpose(1, 2).contiguous()                             # [B, T, C]
     k = torch.gather(Fc, 2, source[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
+    return source, q, k
+
+
+def _search_numba(Fc: Tensor, holeflat: Tensor, order: Tensor):
+    """_search without autograd on CPU, with numba kernels for the gathers and the masked argmax."""
+    B, C, N = Fc.shape
+    T = order.shape[1]
+    kern, F = _kernels(), _np(Fc)
+    q = Fc.new_empty(B, T, C)
+    kern.gather_columns(F, _np(order), q.numpy())
+    sim = torch.bmm(q, Fc)                                             # [B, T, N] = <f_p, f_q>
+    source = torch.empty(B, T, dtype=torch.long)
+    kern.masked_argmax(sim.numpy(), F, _np(holeflat), NORM_EPS, source.numpy())
+    k = Fc.new_empty(B, T, C)
+    kern.gather_columns(F, source.numpy(), k.numpy())
     return source, q, k
 
 
@@ -392,9 +403,12 @@ class _FusedCSA(torch.autograd.Function):
         B, C, H, W = x.shape
         Fc = x.reshape(B, C, H * W)
         count, order, valid, bi, ti = _hole_order(holeflat)
-        source, q, k = _search(Fc, holeflat, order, paper, fused_argmax=chain == "numba")
+        if chain == "numba":
+            source, q, k = _search_numba(Fc, holeflat, order)
+        else:
+            source, q, k = _search(Fc, holeflat, order, paper)
         m, s, d, a, b = _CHAIN_FORWARD[chain](q, k, count, paper)
-        y = _put_columns(Fc.clone(), order, m, count)                 # holes <- m_t
+        y = _put_columns(Fc.clone(), order, m, count, chain)          # holes <- m_t
         ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
         ctx.paper, ctx.chain, ctx.x_shape = paper, chain, x.shape
         outs = (count, order, source, s, d, a, b)
@@ -407,22 +421,34 @@ class _FusedCSA(torch.autograd.Function):
         B, C, H, W = ctx.x_shape
         T = order.shape[1]
         G = gy.reshape(B, C, H * W)
-        gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
+        if ctx.chain == "numba":
+            gm = G.new_empty(B, T, C)
+            _kernels().gather_columns(_np(G), _np(order), gm.numpy())
+        else:
+            gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
         dq, dk = _CHAIN_BACKWARD[ctx.chain](gm, q, k, s, m, d, a, b, count, ctx.paper)
-        grad = _put_columns(G.clone(memory_format=torch.contiguous_format), order, dq, count)  # y_p = m_t, not f_p
-        grad.scatter_add_(2, source[:, None, :].expand(B, C, T), dk.transpose(1, 2))  # padding adds 0
+        grad = G.clone(memory_format=torch.contiguous_format)
+        _put_columns(grad, order, dq, count, ctx.chain)               # y_p = m_t does not contain f_p
+        _put_columns(grad, source, dk, count, ctx.chain, add=True)    # the sources accumulate dL/dk
         return grad.view(B, C, H, W), None, None, None
 
 
-def _put_columns(base: Tensor, order: Tensor, vals: Tensor, count: Tensor) -> Tensor:
-    """base[b, :, order[b, t]] = vals[b, t] for t < count[b], in place on base [B, C, N]; one scatter.
+def _put_columns(base: Tensor, order: Tensor, vals: Tensor, count: Tensor, chain: str = "torch",
+                 add: bool = False) -> Tensor:
+    """base[b, :, order[b, t]] = vals[b, t] (+= with add) for t < count[b], in place on base [B, C, N].
 
-    Padded steps repeat the last valid step (the same value written twice); images with count 0
-    rewrite their own column 0. Both keep the scatter deterministic without a boolean selection.
+    torch: one scatter; with add, scatter_add (padded vals must be 0). For set, padded steps repeat the
+    last valid step (the same value written twice) and images with count 0 rewrite their own column 0,
+    which keeps the scatter deterministic without a boolean selection. numba: a row-wise kernel.
     """
     B, T, C = vals.shape
     if T == 0:
         return base
+    if chain == "numba":
+        _kernels().put_columns(base.numpy(), _np(order), _np(vals), _np(count), add)
+        return base
+    if add:
+        return base.scatter_add_(2, order[:, None, :].expand(B, C, T), vals.transpose(1, 2))
     t = torch.arange(T, device=base.device)
     if not bool((count == T).all()):
         tt = torch.minimum(t[None, :], (count - 1).clamp(min=0)[:, None])       # [B, T]
