@@ -565,7 +565,7 @@ class Trainer:
         Returns ``{"step", "stopped": "done" | "time_budget", "elapsed_s", "images_per_s", "checkpoint"}``.
         ``callback(trainer, logs)`` runs after every step (notebooks use it to collect curves).
         """
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the text bar: readable in a terminal and in a saved notebook
 
         cfg = self.preset.train
         self.G.train(), self.D.train(), self.F.train()
