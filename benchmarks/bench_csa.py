@@ -95,6 +95,11 @@ def run(args) -> list[str]:
                 x = torch.randn(batch, 512, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
                 T = hole.flatten(1).sum(1)
                 t_desc = f"{int(T.min())}-{int(T.max())}" if T.min() != T.max() else str(int(T[0]))
+                # the floor: the layer's one similarity matmul [T x C] @ [C x N] alone
+                q = torch.randn(batch, int(T.max()), 512, device=device)
+                F = x.reshape(batch, 512, -1)
+                mm = timed(lambda: torch.bmm(q, F), device, args.repeats)
+                rows.append((device.type, batch, kind, t_desc, "-", "similarity matmul alone", mm, (float("nan"),) * 2))
                 for semantics in ("paper", "official"):
                     for chain in available_chains(device)[::-1]:
                         layer = CoherentSemanticAttention(semantics, chain=chain)
@@ -115,8 +120,8 @@ def run(args) -> list[str]:
              "", "| device | B | mask | T | semantics | implementation | forward ms (cpu) | fwd+bwd ms (cpu) |",
              "|---|---|---|---|---|---|---|---|"]
     for dev, b, kind, t, sem, impl, fwd, fb in rows:
-        lines.append(f"| {dev} | {b} | {kind} | {t} | {sem} | {impl} | {fwd[0]:.2f} ({fwd[1]:.2f}) "
-                     f"| {fb[0]:.2f} ({fb[1]:.2f}) |")
+        back = "-" if fb[0] != fb[0] else f"{fb[0]:.2f} ({fb[1]:.2f})"
+        lines.append(f"| {dev} | {b} | {kind} | {t} | {sem} | {impl} | {fwd[0]:.2f} ({fwd[1]:.2f}) | {back} |")
     return lines
 
 
