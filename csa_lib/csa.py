@@ -56,6 +56,9 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+__all__ = ["CoherentSemanticAttention", "CSAAttention", "csa_reference", "available_chains",
+           "NORM_EPS", "GUARD_EPS"]
+
 NORM_EPS = 1e-8  # added to norms before dividing (the official code's value)
 GUARD_EPS = 1e-6  # paper mode: added to max(s, 0) so that d' + s' > 0 always
 SEMANTICS = ("paper", "official")
@@ -323,8 +326,10 @@ def _chain_torch(k: Tensor, g: Tensor, s: Tensor, valid: Tensor, paper: bool):
         a, b = _coefficients(d, s[:, t], paper)
         m_new = a[:, None] * m + b[:, None] * k[:, t]
         m = torch.where(v[:, None], m_new, m)
-        ms.append(m), ds.append(torch.where(v, d, zero))
-        as_.append(torch.where(v, a, zero)), bs.append(torch.where(v, b, zero))
+        ms.append(m)
+        ds.append(torch.where(v, d, zero))
+        as_.append(torch.where(v, a, zero))
+        bs.append(torch.where(v, b, zero))
     return torch.stack(ms, 1), torch.stack(ds, 1), torch.stack(as_, 1), torch.stack(bs, 1)
 
 
