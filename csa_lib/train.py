@@ -43,7 +43,7 @@ from .config import Preset
 
 CKPT_DIR = "checkpoints"
 #: Shown on the progress bar (the rest goes to log.jsonl / TensorBoard).
-BAR_KEYS = ("G/l1_refined", "G/total", "D/total", "images_per_s")
+BAR_KEYS = {"G/l1_refined": "l1", "G/total": "G", "D/total": "D", "images_per_s": "img/s"}
 LAST, PREV = "last.pt", "prev.pt"
 
 
@@ -593,7 +593,7 @@ class Trainer:
                     stopped = "done" if last else "time_budget"
                 if self.step % cfg.log_every == 0 or last or stopped != "done":
                     record = self._log_window(window, start)
-                    bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in BAR_KEYS if k in record})
+                    bar.set_postfix({name: f"{record[k]:.3g}" for k, name in BAR_KEYS.items() if k in record})
                 if self.step % cfg.sample_every == 0 or last:
                     self.save_samples(sample_batch)
                 if self.step % cfg.ckpt_every == 0 or last or stopped != "done":
