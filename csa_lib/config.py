@@ -78,6 +78,9 @@ class LossConfig:
     lambda_c: float = 0.01
     lambda_d: float = 0.002
     vgg_weights: str = "auto"  # "torchvision" | "none" | "auto" | "PATH[:caffe|:torchvision]"
+    # "none": the paper's raw squared distance; "target": divided by the target's mean square (scale-free;
+    # not in the paper: with real VGG weights relu4_3 values reach thousands and the raw term swamps L1).
+    consistency_norm: str = "none"
 
 
 @dataclass
@@ -156,7 +159,7 @@ def _demo() -> Preset:
         name="demo",
         data=DataConfig(image_size=64, masks="irregular", hole_ratio=(0.1, 0.4)),
         model=ModelConfig(image_size=64, base_channels=16),
-        loss=LossConfig(vgg_weights="auto"),
+        loss=LossConfig(vgg_weights="auto", consistency_norm="target"),
         # Measured on a 2-core CPU: ~0.8 s per step on one free core, so ~3 min of training; the time
         # budget caps a slow machine at 7 min (a second `csa demo` then resumes the run).
         train=TrainConfig(batch_size=4, steps=240, decay_start=120, log_every=10, sample_every=40,
@@ -174,7 +177,7 @@ def _celeba64() -> Preset:
                         train_range=(0, 9000), eval_range=(9000, 10000), num_workers=4),
         model=ModelConfig(image_size=64, base_channels=64),
         loss=LossConfig(vgg_weights=str(SHARED_ROOT / "weights" / "vgg16_caffe_rgb_conv1-4_fp16.pth")
-                        + ":caffe"),
+                        + ":caffe", consistency_norm="target"),
         train=TrainConfig(batch_size=32, steps=20000, decay_start=10000, log_every=50,
                           sample_every=1000, ckpt_every=1000, out_dir="runs/celeba64"),
     )

@@ -46,7 +46,8 @@ def match_channels(target: Tensor, channels: int) -> Tensor:
     return target.reshape(target.shape[0], channels, c // channels, *target.shape[2:]).mean(dim=2)
 
 
-def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, formula: str = "paper") -> Tensor:
+def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, formula: str = "paper",
+                     norm: str = "none") -> Tensor:
     """Squared distance between a generator feature and VGG relu4_3 of the ground truth.
 
     feat ``[B,C,h,w]``; target ``[B,512,h,w]`` (reduced to C channels by :func:`match_channels`);
@@ -55,6 +56,13 @@ def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, formula: str = 
       left out entirely).
     - ``"official"``: the InnerCos formula: ``mean((feat * hole - target)^2)`` over all positions, so
       known positions contribute the constant ``target^2``.
+
+    ``norm="target"`` (paper formula only) divides by the mean of ``target^2`` over the same hole
+    positions (a constant: the target carries no gradient). This makes the term scale-free. Why: the
+    size of relu4_3 activations depends on the VGG weights and their input convention (the ImageNet
+    caffe-convention file gives values in the thousands, so lambda_c * L_c ~ 100 against L1 ~ 0.5 at
+    initialisation, and the consistency gradient swamps the encoder). Not in the paper; the presets
+    that train on real VGG weights use it and say so.
     """
     target = match_channels(target.float(), feat.shape[1])
     h = hole.float()
@@ -64,7 +72,13 @@ def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, formula: str = 
     if formula != "paper":
         raise ValueError(f"unknown consistency formula {formula!r}; choose 'paper' or 'official'")
     n = h.sum() * feat.shape[1]
-    return (diff2 * h).sum() / n.clamp_min(1)
+    loss = (diff2 * h).sum() / n.clamp_min(1)
+    if norm == "target":
+        scale = (target.detach() ** 2 * h).sum() / n.clamp_min(1)
+        return loss / scale.clamp_min(1e-8)
+    if norm != "none":
+        raise ValueError(f"unknown consistency norm {norm!r}; choose 'none' or 'target'")
+    return loss
 
 
 def ralsgan_d(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -119,11 +133,13 @@ class InpaintingLoss(nn.Module):
         fake = out.refined.detach() if self.official else out.refined  # official: VGG of fake_B.data
         fake_pool3 = self.vgg(fake, taps=("pool3",))["pool3"]
         formula = "official" if self.official else "paper"
+        norm = "none" if self.official else self.cfg.consistency_norm
         terms = {
             "l1_coarse": l1_loss(out.coarse, image),
             "l1_refined": l1_loss(out.refined, image),
-            "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, formula),
-            "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole, formula),
+            "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, formula, norm),
+            "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole, formula,
+                                             norm),
             "g_image": ralsgan_g(real_img_pred, image_D(out.refined)),
             "g_feature": ralsgan_g(real_feat_pred, feature_D(fake_pool3)),
         }

@@ -142,3 +142,20 @@ def test_full_training_step(vgg, gen):
 def test_bad_mode_raises(vgg):
     with pytest.raises(ValueError, match="mode"):
         InpaintingLoss(LossConfig(mode="nope"), vgg)
+
+
+def test_consistency_norm_target_is_scale_free():
+    from csa_lib.losses import consistency_loss
+
+    g = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 8, 4, 4, generator=g)
+    target = torch.randn(2, 8, 4, 4, generator=g) * 50
+    hole = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    hole[:, :, 1:3, 1:3] = True
+    raw = consistency_loss(feat, target, hole)
+    rel = consistency_loss(feat, target, hole, norm="target")
+    torch.testing.assert_close(rel, raw / (target ** 2 * hole).sum() * (hole.sum() * 8))
+    torch.testing.assert_close(consistency_loss(feat * 1000, target * 1000, hole, norm="target"), rel)
+    assert consistency_loss(feat * 1000, target * 1000, hole) > raw * 1e5
+    with pytest.raises(ValueError, match="consistency norm"):
+        consistency_loss(feat, target, hole, norm="nope")
