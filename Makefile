@@ -15,6 +15,7 @@ else
 endif
 
 # nbval: lax mode, one worker per notebook (loadscope groups a notebook's cells on one worker).
+# OMP_NUM_THREADS=1: two workers on two cores; more threads each only fight over the cores.
 WORKERS ?= 2
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
@@ -34,14 +35,14 @@ demo: setup
 	$(PY) -m csa_lib.cli demo
 
 test: setup
-	CSA_SMOKE=1 MPLBACKEND=Agg $(PY) -m pytest -n $(WORKERS) --dist loadscope tests/ \
+	CSA_SMOKE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadscope tests/ \
 	  --nbval-lax $(NOTEBOOKS) -p no:cacheprovider
 
 test-py: setup
 	MPLBACKEND=Agg $(PY) -m pytest -n $(WORKERS) tests/
 
 test-nb: setup
-	CSA_SMOKE=1 MPLBACKEND=Agg $(PY) -m pytest -n $(WORKERS) --dist loadscope --nbval-lax $(NOTEBOOKS)
+	CSA_SMOKE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadscope --nbval-lax $(NOTEBOOKS)
 
 lab: setup
 	$(PY) -m pip install jupyterlab
