@@ -1,5 +1,7 @@
-"""Compiled CPU kernels (numba) for the sequential part of CSA: the T-step chain, its hand-written
-backward and the dense attention rows. Imported lazily by :mod:`csa_lib.csa`; numba is optional.
+"""Compiled CPU kernels (numba) for CSA: the search's column splitting and argmax, the gathers and
+scatters, the T-step chain, its hand-written backward and the dense attention rows. Imported lazily by
+:mod:`csa_lib.csa`; numba is optional. Each kernel loops over the images of a batch with prange (the
+thread count is set by use_threads from torch's); within an image everything is sequential.
 
 Shapes (one padded batch, arrays are C-contiguous numpy views of torch tensors):
     q, k:  [B, T, C]   hole feature q_t = f_{p_t} and its best known feature k_t = f_{c(p_t)}
@@ -15,12 +17,21 @@ and official mode (the official code's raw scores, no guard):
 error_model="numpy" keeps the official mode's 0/0 = NaN instead of raising. Sums accumulate in float64.
 """
 import numpy as np
-from numba import njit
+from numba import config, njit, prange, set_num_threads
 
-_JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
+_JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", parallel=True)
+# the C-long dot products may be reassociated (and fused), so LLVM vectorises them; no other fast-math
+# flag: NaN and inf keep their IEEE meaning (the official mode's 0/0 = NaN must stay NaN)
+_JIT_SUM = dict(_JIT, fastmath={"reassoc", "contract"})
 
 
-@njit(**_JIT)
+def use_threads(n: int) -> None:
+    """Run the kernels' image loops (prange over the batch) on n threads (at most NUMBA_NUM_THREADS);
+    the caller passes torch.get_num_threads(), so torch.set_num_threads governs both."""
+    set_num_threads(max(1, min(int(n), config.NUMBA_NUM_THREADS)))
+
+
+@njit(**dict(_JIT, parallel=False))
 def _scores(d, s, paper, geps):
     """(A, B) of the coefficient formula a = A / (A + B), b = B / (A + B)."""
     if paper:
@@ -28,14 +39,14 @@ def _scores(d, s, paper, geps):
     return d, s
 
 
-@njit(**_JIT)
+@njit(**_JIT_SUM)
 def chain_forward(q, k, count, paper, neps, geps, m, s, d, a, b):
     """Fill s, m, d, a, b (zero-initialised by the caller) from the gathered hole features q and their
     best known features k [B,T,C]: s_t = <q, k> / (||k|| + eps) [/ (||q|| + eps) in the paper mode],
-    then the chain with g_t = q_t / (||q_t|| + eps). Serial over the batch: on 2 busy cores numba threads
-    cost more than they save."""
+    then the chain with g_t = q_t / (||q_t|| + eps). Images run in parallel (prange) on
+    the threads set by use_threads."""
     B, T, C = k.shape
-    for i in range(B):
+    for i in prange(B):
         n = count[i]
         for t in range(n):
             qq = 0.0
@@ -78,7 +89,7 @@ def chain_forward(q, k, count, paper, neps, geps, m, s, d, a, b):
 def attention_rows(source, a, b, count, rows):
     """Dense rows [B,T,N] (zero-initialised): w_1 = e_{c_1}, w_t = a_t w_{t-1} + b_t e_{c_t}."""
     B, T, N = rows.shape
-    for i in range(B):
+    for i in prange(B):
         for t in range(count[i]):
             if t > 0:
                 at = a[i, t]
@@ -87,7 +98,7 @@ def attention_rows(source, a, b, count, rows):
             rows[i, t, source[i, t]] += b[i, t]
 
 
-@njit(**_JIT)
+@njit(**_JIT_SUM)
 def chain_backward(gm, q, k, s, m, d, a, b, count, paper, neps, geps, dq, dk):
     """Reverse recurrence of chain_forward: from dL/dm [B,T,C] fill dL/dq and dL/dk [B,T,C]
     (zero-initialised) for the gathered hole features q_t = f_{p_t} and source features k_t = f_{c(p_t)}.
@@ -103,7 +114,7 @@ def chain_backward(gm, q, k, s, m, d, a, b, count, paper, neps, geps, dq, dk):
     (the 1/||v|| terms are 0 for v = 0, as torch.norm's gradient).
     """
     B_, T, C = k.shape
-    for i in range(B_):
+    for i in prange(B_):
         n = count[i]
         if n == 0:
             continue
@@ -183,42 +194,13 @@ def chain_backward(gm, q, k, s, m, d, a, b, count, paper, neps, geps, dq, dk):
 
 
 @njit(**_JIT)
-def masked_argmax(sim, F, hole, neps, source):
-    """source[b, t] = argmax over known n of sim[b, t, n] / (||F[b, :, n]|| + eps) (the official D_max
-    from the raw scores sim = <f_p, f_n> [B,T,N]; F [B,C,N], hole bool [B,N]); the first maximum wins.
-    Fuses the column norms, the scaling, the mask and the argmax into one pass over sim."""
-    B, T, N = sim.shape
-    C = F.shape[1]
-    acc = np.empty(N, dtype=np.float64)
-    inv = np.empty(N, dtype=sim.dtype)                  # same precision as torch's scaled scores
-    for i in range(B):
-        acc[:] = 0.0
-        for c in range(C):                              # row-wise, so it vectorises
-            for n in range(N):
-                v = F[i, c, n]
-                acc[n] += v * v
-        for n in range(N):
-            inv[n] = 1.0 / (np.sqrt(acc[n]) + neps)
-        for t in range(T):
-            best = -np.inf
-            arg = 0
-            for n in range(N):
-                if not hole[i, n]:
-                    v = sim[i, t, n] * inv[n]
-                    if v > best:
-                        best = v
-                        arg = n
-            source[i, t] = arg
-
-
-@njit(**_JIT)
 def gather_columns(F, idx, out):
     """out[b, t, :] = F[b, :, idx[b, t]]: gather feature columns of F [B,C,N] into rows of out [B,T,C].
     Blocks of 16 channels: the 16 rows of F being read and the T short runs being written stay in L1
     (2.5x faster than a plain loop, and several times faster than torch's gather + transpose copy)."""
     B, C, N = F.shape
     T = idx.shape[1]
-    for i in range(B):
+    for i in prange(B):
         for c0 in range(0, C, 16):
             c1 = min(c0 + 16, C)
             for t in range(T):
@@ -233,7 +215,7 @@ def put_columns(out, idx, vals, count, add):
     out [B,C,N]; vals [B,T,C]. Setting uses gather_columns's blocking; adding (indices may repeat)
     is 3x faster row by row of out."""
     B, C, N = out.shape
-    for i in range(B):
+    for i in prange(B):
         n = count[i]
         if add:
             for c in range(C):
@@ -246,3 +228,72 @@ def put_columns(out, idx, vals, count, add):
                     p = idx[i, t]
                     for c in range(c0, c1):
                         out[i, c, p] = vals[i, t, c]
+
+
+@njit(**_JIT_SUM)
+def split_columns(F, hole, count, neps, q, Fk, kidx, kcount):
+    """One pass over F [B,C,N] (hole bool [B,N]) for the search: the hole columns go, in raster order,
+    to the rows of q [B,T,C] (only for images with count[b] > 0; other rows are 0); the known columns,
+    scaled by 1/(||f_n|| + eps), are compacted into Fk [B,C,K] (zero beyond kcount[b]), and
+    kidx[b, j] is the raster index of the j-th known column (0 on padding). The search matmul then runs
+    over the known columns only (T x K instead of T x N) and gives the official D_max directly.
+    Norms accumulate in float64, as torch's reductions do."""
+    B, C, N = F.shape
+    T = q.shape[1]
+    K = Fk.shape[2]
+    for i in prange(B):
+        acc = np.empty(N, dtype=np.float64)
+        inv = np.empty(N, dtype=F.dtype)
+        j = 0
+        for n in range(N):
+            if not hole[i, n]:
+                kidx[i, j] = n
+                j += 1
+        kcount[i] = j
+        for n in range(j, K):
+            kidx[i, n] = 0
+        acc[:] = 0.0
+        for c in range(C):
+            for n in range(N):
+                v = F[i, c, n]
+                acc[n] += v * v
+        for n in range(N):
+            inv[n] = 1.0 / (np.sqrt(acc[n]) + neps)
+        fill = count[i] > 0
+        for c in range(C):
+            jk = 0
+            jt = 0
+            for n in range(N):
+                v = F[i, c, n]
+                if hole[i, n]:
+                    if fill:
+                        q[i, jt, c] = v
+                    jt += 1
+                else:
+                    Fk[i, c, jk] = v * inv[n]
+                    jk += 1
+            for jj in range(jk, K):
+                Fk[i, c, jj] = 0.0
+            for tt in range(jt if fill else 0, T):
+                q[i, tt, c] = 0.0
+
+@njit(**_JIT)
+def known_argmax(sim, kidx, kcount, count, source):
+    """source[b, t] = kidx[b, argmax_{j < kcount[b]} sim[b, t, j]] for t < count[b] (0 elsewhere);
+    sim [B,T,K_max] holds the scores against the compacted known columns (raster order, so the first
+    maximum is the known position with the smallest raster index)."""
+    B, T, K = sim.shape
+    for i in prange(B):
+        nk = kcount[i]
+        for t in range(T):
+            if t >= count[i] or nk == 0:
+                source[i, t] = 0
+                continue
+            best = sim[i, t, 0]
+            arg = 0
+            for j in range(1, nk):
+                v = sim[i, t, j]
+                if v > best:
+                    best = v
+                    arg = j
+            source[i, t] = kidx[i, arg]

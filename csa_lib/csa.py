@@ -43,7 +43,9 @@ attention matrix truncated to integers (see :class:`_OfficialBackward`): holes g
 unchanged, known positions twice theirs (plus the first hole's at its source), nothing flows through
 the argmax, the scores or the coefficients.
 
-Cost: the search is one batched [T x C] @ [C x N] matmul (the floor of the layer); the chain is T
+Cost: the search is one batched [T x C] @ [C x N] matmul (the floor of the layer; the numba path
+compacts the known columns first, pre-scaled by their inverse norms, so it is [T x C] @ [C x K] with
+K = N - T known positions, and the images of a batch run in parallel); the chain is T
 dependent steps of a dot product and an axpy over C floats per image, run by a compiled kernel
 (numba on CPU, Triton on CUDA) with a hand-written reverse recurrence for the backward; with neither
 available it runs as T small torch ops per step (correct but slow, and slower still under autograd).
@@ -51,6 +53,7 @@ available it runs as T small torch ops per step (correct but slow, and slower st
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, fields
 
 import torch
@@ -283,16 +286,42 @@ def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
     return source, q, k
 
 
-def _search_numba(Fc: Tensor, holeflat: Tensor, order: Tensor):
-    """_search without autograd on CPU, with numba kernels for the gathers and the masked argmax."""
+_SCRATCH = threading.local()
+
+
+def _workspace(name: str, shape: tuple, dtype: torch.dtype) -> Tensor:
+    """A per-thread scratch CPU tensor for the numba search's temporaries (never returned nor saved):
+    reused across calls, grown when too small. Fresh multi-MB allocations cost page faults that
+    took longer than the kernels themselves (3-4 ms per call at B = 1)."""
+    key = (name, dtype)
+    numel = 1
+    for n in shape:
+        numel *= n
+    buf = getattr(_SCRATCH, "bufs", None)
+    if buf is None:
+        buf = _SCRATCH.bufs = {}
+    if key not in buf or buf[key].numel() < numel:
+        buf[key] = torch.empty(numel, dtype=dtype)
+    return buf[key][:numel].view(shape)
+
+
+def _search_numba(Fc: Tensor, holeflat: Tensor, order: Tensor, count: Tensor):
+    """_search without autograd on CPU, with numba kernels: the gathers, the known columns (compacted
+    and normalised, so the matmul is [T x C] @ [C x K] over known positions only) and the argmax."""
     B, C, N = Fc.shape
     T = order.shape[1]
     kern, F = _kernels(), _np(Fc)
-    q = Fc.new_empty(B, T, C)
-    kern.gather_columns(F, _np(order), q.numpy())
-    sim = torch.bmm(q, Fc)                                             # [B, T, N] = <f_p, f_q>
+    K = N - int(holeflat.sum(1).min()) if B else 0                    # most known positions of an image
+    K = -(-K // 8) * 8                                                 # (a multiple of 8 suits the matmul)
+    q = Fc.new_empty(B, T, C)                                          # hole features, raster order
+    Fk = _workspace("Fk", (B, C, K), Fc.dtype)                         # known columns / (||f|| + eps)
+    kidx = _workspace("kidx", (B, K), torch.long)
+    kcount = _workspace("kcount", (B,), torch.long)
+    kern.split_columns(F, _np(holeflat), _np(count), NORM_EPS, q.numpy(), Fk.numpy(), kidx.numpy(),
+                       kcount.numpy())
+    sim = torch.bmm(q, Fk, out=_workspace("sim", (B, T, K), Fc.dtype))  # [B, T, K] = official D_max
     source = torch.empty(B, T, dtype=torch.long)
-    kern.masked_argmax(sim.numpy(), F, _np(holeflat), NORM_EPS, source.numpy())
+    kern.known_argmax(sim.numpy(), kidx.numpy(), kcount.numpy(), _np(count), source.numpy())
     k = Fc.new_empty(B, T, C)
     kern.gather_columns(F, source.numpy(), k.numpy())
     return source, q, k
@@ -344,6 +373,7 @@ def _rows(source: Tensor, a: Tensor, b: Tensor, count: Tensor, N: int, chain: st
     """Dense attention rows w_t [B,T,N] by the recurrence w_t = a_t w_{t-1} + b_t e_{c(p_t)}."""
     B, T = source.shape
     if chain == "numba":
+        _numba_threads(B)
         rows = a.new_zeros(B, T, N)
         _kernels().attention_rows(_np(source), _np(a), _np(b), _np(count), rows.numpy())
         return rows
@@ -409,7 +439,8 @@ class _FusedCSA(torch.autograd.Function):
         Fc = x.reshape(B, C, H * W)
         count, order, valid, bi, ti = _hole_order(holeflat)
         if chain == "numba":
-            source, q, k = _search_numba(Fc, holeflat, order)
+            _numba_threads(B)
+            source, q, k = _search_numba(Fc, holeflat, order, count)
         else:
             source, q, k = _search(Fc, holeflat, order, paper)
         m, s, d, a, b = _CHAIN_FORWARD[chain](q, k, count, paper)
@@ -427,7 +458,8 @@ class _FusedCSA(torch.autograd.Function):
         T = order.shape[1]
         G = gy.reshape(B, C, H * W)
         if ctx.chain == "numba":
-            gm = G.new_empty(B, T, C)
+            _numba_threads(B)
+            gm = _workspace("gm", (B, T, C), G.dtype)                  # dL/dm at the holes (scratch)
             _kernels().gather_columns(_np(G), _np(order), gm.numpy())
         else:
             gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
@@ -546,6 +578,12 @@ def _kernels():
         except ImportError:
             _KERNELS = False
     return _KERNELS or None
+
+
+def _numba_threads(batch: int) -> None:
+    """Threads for the numba kernels' image loops: torch's intra-op threads, at most one per image
+    (a single image stays on the calling thread: waking idle OpenMP threads slows torch's matmul)."""
+    _kernels().use_threads(min(torch.get_num_threads(), batch))
 
 
 class _OfficialBackward(torch.autograd.Function):

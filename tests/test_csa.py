@@ -204,6 +204,45 @@ def test_paper_guard_formula_near_zero():
     torch.testing.assert_close(a + b, torch.ones(5, dtype=torch.float64))
 
 
+
+@pytest.mark.parametrize("chain", CHAINS)
+@pytest.mark.parametrize("semantics", ["paper", "official"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_argmax_ties_go_to_smallest_known_index(chain, semantics, dtype, gen):
+    """Exact ties (two identical known vectors, the best match of every hole) go to the smallest
+    raster index, whatever the back-end (numba compacts the known columns before the matmul)."""
+    B, C, H, W = 2, 6, 8, 8
+    x = 0.01 * torch.randn(B, C, H, W, generator=gen, dtype=dtype)
+    hole = centre_mask(B, H, W, 4)
+    v = torch.randn(C, generator=gen, dtype=dtype).abs() + 1.0
+    for p in (47, 9, 62):                      # known positions (row 1, row 5 right edge, row 7)
+        x[:, :, p // W, p % W] = v
+    x[:, :, 2:6, 2:6] = v[:, None, None]       # the holes point the same way
+    y, att = CoherentSemanticAttention(semantics, chain=chain)(x, hole, return_attention=True)
+    assert (att.source[:, :int(att.count[0])] == 9).all()
+    _, att_ref = csa_reference(x, hole, semantics, return_attention=True)
+    assert torch.equal(att.source, att_ref.source)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_thread_count_does_not_change_results(threads, gen):
+    if "numba" not in CHAINS:
+        pytest.skip("numba not installed")
+    x, hole = make_case((4, 6, 10, 10, "per_image"), gen, torch.float32)
+    x.requires_grad_(True)
+    layer = CoherentSemanticAttention("paper", chain="numba")
+    y1, att1 = layer(x, hole, return_attention=True)
+    (g1,) = torch.autograd.grad((y1 * torch.arange(y1.numel()).reshape(y1.shape).sin()).sum(), x)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y2, att2 = layer(x, hole, return_attention=True)
+        (g2,) = torch.autograd.grad((y2 * torch.arange(y2.numel()).reshape(y2.shape).sin()).sum(), x)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y1, y2) and torch.equal(g1, g2) and torch.equal(att1.source, att2.source)
+
+
 # ---------------------------------------------------------------------------------------------- degenerate
 @pytest.mark.parametrize("chain", CHAINS)
 @pytest.mark.parametrize("backward", ["autograd", "official"])
