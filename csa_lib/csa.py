@@ -43,12 +43,13 @@ attention matrix truncated to integers (see :class:`_OfficialBackward`): holes g
 unchanged, known positions twice theirs (plus the first hole's at its source), nothing flows through
 the argmax, the scores or the coefficients.
 
-Cost: the search is one batched [T x C] @ [C x N] matmul (the floor of the layer; the numba path
-compacts the known columns first, pre-scaled by their inverse norms, so it is [T x C] @ [C x K] with
-K = N - T known positions, and the images of a batch run in parallel); the chain is T
-dependent steps of a dot product and an axpy over C floats per image, run by a compiled kernel
-(numba on CPU, Triton on CUDA) with a hand-written reverse recurrence for the backward; with neither
-available it runs as T small torch ops per step (correct but slow, and slower still under autograd).
+Cost: the search is one batched [T x C] @ [C x N] matmul, the floor of the layer (the numba path
+compacts the known columns first, so it is [T x C] @ [C x K] with K = N - T known positions); the
+chain is T dependent steps of a dot product and an axpy over C floats per image, run by a compiled
+kernel (numba on CPU, Triton on CUDA) with a hand-written reverse recurrence for the backward. On CPU
+everything else is one streaming pass over F per kernel, the images of a batch in parallel and a
+single image split over the threads by channels (see :mod:`csa_lib._csa_kernels`). With neither numba
+nor Triton the chain runs as T small torch ops per step (correct but slow, slower still under autograd).
 """
 from __future__ import annotations
 
@@ -290,7 +291,7 @@ _SCRATCH = threading.local()
 
 
 def _workspace(name: str, shape: tuple, dtype: torch.dtype) -> Tensor:
-    """A per-thread scratch CPU tensor for the numba search's temporaries (never returned nor saved):
+    """A per-thread scratch CPU tensor for the numba kernels' temporaries (never returned nor saved):
     reused across calls, grown when too small. Fresh multi-MB allocations cost page faults that
     took longer than the kernels themselves (3-4 ms per call at B = 1)."""
     key = (name, dtype)
@@ -303,28 +304,6 @@ def _workspace(name: str, shape: tuple, dtype: torch.dtype) -> Tensor:
     if key not in buf or buf[key].numel() < numel:
         buf[key] = torch.empty(numel, dtype=dtype)
     return buf[key][:numel].view(shape)
-
-
-def _search_numba(Fc: Tensor, holeflat: Tensor, order: Tensor, count: Tensor):
-    """_search without autograd on CPU, with numba kernels: the gathers, the known columns (compacted
-    and normalised, so the matmul is [T x C] @ [C x K] over known positions only) and the argmax."""
-    B, C, N = Fc.shape
-    T = order.shape[1]
-    kern, F = _kernels(), _np(Fc)
-    K = N - int(holeflat.sum(1).min()) if B else 0                    # most known positions of an image
-    K = -(-K // 8) * 8                                                 # (a multiple of 8 suits the matmul)
-    q = Fc.new_empty(B, T, C)                                          # hole features, raster order
-    Fk = _workspace("Fk", (B, C, K), Fc.dtype)                         # known columns / (||f|| + eps)
-    kidx = _workspace("kidx", (B, K), torch.long)
-    kcount = _workspace("kcount", (B,), torch.long)
-    kern.split_columns(F, _np(holeflat), _np(count), NORM_EPS, q.numpy(), Fk.numpy(), kidx.numpy(),
-                       kcount.numpy())
-    sim = torch.bmm(q, Fk, out=_workspace("sim", (B, T, K), Fc.dtype))  # [B, T, K] = official D_max
-    source = torch.empty(B, T, dtype=torch.long)
-    kern.known_argmax(sim.numpy(), kidx.numpy(), kcount.numpy(), _np(count), source.numpy())
-    k = Fc.new_empty(B, T, C)
-    kern.gather_columns(F, source.numpy(), k.numpy())
-    return source, q, k
 
 
 def _scores(q: Tensor, k: Tensor, paper: bool):
@@ -391,20 +370,26 @@ def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bo
     """The fast forward: returns y [B,C,H,W] (differentiable) and a CSAAttention.
 
     chain "torch": everything in torch ops, autograd differentiates it (slow chain, no compiled code).
-    Compiled chains: one autograd.Function for the whole layer with a hand-written backward.
+    Compiled chains: one autograd.Function for the whole layer with a hand-written backward
+    (:class:`_NumbaCSA` on CPU, :class:`_FusedCSA` with the Triton chain).
     """
     B, C, H, W = x.shape
     N = H * W
     holeflat = hole.reshape(B, N)
-    if chain == "torch":
-        y, count, order, source, s, d, a, b = _csa_torch(x, holeflat, paper)
+    if chain == "numba":                      # the kernels pad order and source with -1, s with 0
+        y, count, order, source, s, d, a, b = _NumbaCSA.apply(x, holeflat, paper)
+        att = CSAAttention(count=count, hole_index=order, source=source, d_max=s, d_ad=d, a=a, b=b,
+                           rows=None, size=(H, W))
     else:
-        y, count, order, source, s, d, a, b = _FusedCSA.apply(x, holeflat, paper, chain)
-    valid = torch.arange(order.shape[1], device=x.device) < count[:, None]
-    zero = torch.zeros_like(s)
-    att = CSAAttention(count=count, hole_index=torch.where(valid, order, -1),
-                       source=torch.where(valid, source, -1), d_max=torch.where(valid, s, zero).detach(),
-                       d_ad=d.detach(), a=a.detach(), b=b.detach(), rows=None, size=(H, W))
+        if chain == "torch":
+            y, count, order, source, s, d, a, b = _csa_torch(x, holeflat, paper)
+        else:
+            y, count, order, source, s, d, a, b = _FusedCSA.apply(x, holeflat, paper, chain)
+        valid = torch.arange(order.shape[1], device=x.device) < count[:, None]
+        zero = torch.zeros_like(s)
+        att = CSAAttention(count=count, hole_index=torch.where(valid, order, -1),
+                           source=torch.where(valid, source, -1), d_max=torch.where(valid, s, zero).detach(),
+                           d_ad=d.detach(), a=a.detach(), b=b.detach(), rows=None, size=(H, W))
     if want_rows:
         att.rows = _rows(att.source, att.a, att.b, count, N, chain)
     return y, att
@@ -423,8 +408,66 @@ def _csa_torch(x: Tensor, holeflat: Tensor, paper: bool):
     return y.view(B, C, H, W), count, order, source, s, d, a, b
 
 
+class _NumbaCSA(torch.autograd.Function):
+    """The whole layer on CPU: numba kernels around one torch matmul, and a hand-written backward
+    (the true gradient). See :mod:`csa_lib._csa_kernels` for the kernels and their memory layout.
+
+    forward(x [B,C,H,W], holeflat bool [B,N], paper) -> y [B,C,H,W] and, not differentiable,
+    count [B], order [B,T], source [B,T] (-1 on padding), s, d, a, b [B,T] (0 on padding).
+    backward: dL/dy at the holes -> the reverse recurrence (normalisations fused in) gives dL/dq and
+    dL/dk -> dL/dx is dL/dy with the hole columns replaced by dL/dq (y does not contain x there) and
+    dL/dk added at the source columns.
+    """
+
+    @staticmethod
+    def forward(ctx, x, holeflat, paper):
+        kern = _kernels()
+        B, C, H, W = x.shape
+        S = _numba_threads(B)
+        Fc = x.detach().reshape(B, C, H * W).contiguous()
+        F, hole = Fc.numpy(), holeflat.contiguous().numpy()
+        count, T, K = kern.hole_counts(hole)
+        count = torch.from_numpy(count)
+        K = -(-K // 8) * 8                                  # a multiple of 8 suits the matmul
+        rows = (B, T, kern.row_stride(C, x.element_size()))  # step rows, padded (see _csa_kernels)
+        order, kidx, kcount = (torch.empty(*shape, dtype=torch.long) for shape in ((B, T), (B, K), (B,)))
+        q = torch.empty(rows, dtype=x.dtype)                # hole features f_{p_t}, raster order
+        Fk = _workspace("Fk", (B, C, K), x.dtype)           # known columns, compacted
+        inv = _workspace("inv", (B, K), x.dtype)            # their 1 / (||f|| + eps)
+        y = torch.empty_like(Fc)
+        kern.search_inputs(F, hole, count.numpy(), NORM_EPS, S, order.numpy(), q.numpy(), Fk.numpy(),
+                           kidx.numpy(), inv.numpy(), kcount.numpy(), y.numpy(),
+                           _workspace("acc", (B, S, H * W), torch.float64).numpy())
+        sim = torch.bmm(q[:, :, :C], Fk, out=_workspace("sim", (B, T, K), x.dtype))  # <f_p, f_q>
+        source = torch.empty(B, T, dtype=torch.long)
+        k, m = torch.empty(rows, dtype=x.dtype), torch.empty(rows, dtype=x.dtype)
+        s, d, a, b = (torch.empty(B, T, dtype=x.dtype) for _ in range(4))
+        kern.generate(sim.numpy(), inv.numpy(), kidx.numpy(), kcount.numpy(), count.numpy(), order.numpy(), F,
+                      q.numpy(), paper, NORM_EPS, GUARD_EPS, S, source.numpy(), k.numpy(), m.numpy(), s.numpy(),
+                      d.numpy(), a.numpy(), b.numpy(), y.numpy())
+        ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
+        ctx.paper, ctx.x_shape = paper, x.shape
+        outs = (count, order, source, s, d, a, b)
+        ctx.mark_non_differentiable(*outs)
+        return (y.view(B, C, H, W),) + outs
+
+    @staticmethod
+    def backward(ctx, gy, *_):
+        q, k, s, m, d, a, b, count, order, source = ctx.saved_tensors
+        kern = _kernels()
+        B, C, H, W = ctx.x_shape
+        S = _numba_threads(B)
+        G = gy.reshape(B, C, H * W).contiguous()
+        grad = torch.empty_like(G)
+        gm, dq, dk = (_workspace(name, q.shape, q.dtype) for name in ("gm", "dq", "dk"))
+        kern.backward(G.numpy(), order.numpy(), source.numpy(), count.numpy(), q.numpy(), k.numpy(), m.numpy(),
+                      s.numpy(), d.numpy(), a.numpy(), b.numpy(), ctx.paper, NORM_EPS, GUARD_EPS, S, gm.numpy(),
+                      dq.numpy(), dk.numpy(), grad.numpy())
+        return grad.view(B, C, H, W), None, None
+
+
 class _FusedCSA(torch.autograd.Function):
-    """The whole layer with a compiled chain and a hand-written backward (the true gradient).
+    """The whole layer with the Triton chain (CUDA) and a hand-written backward (the true gradient).
 
     forward(x [B,C,H,W], holeflat bool [B,N], paper, chain) -> y [B,C,H,W] and, not differentiable,
     count [B], order [B,T], source [B,T], s, d, a, b [B,T].
@@ -438,13 +481,9 @@ class _FusedCSA(torch.autograd.Function):
         B, C, H, W = x.shape
         Fc = x.reshape(B, C, H * W)
         count, order, valid, bi, ti = _hole_order(holeflat)
-        if chain == "numba":
-            _numba_threads(B)
-            source, q, k = _search_numba(Fc, holeflat, order, count)
-        else:
-            source, q, k = _search(Fc, holeflat, order, paper)
+        source, q, k = _search(Fc, holeflat, order, paper)
         m, s, d, a, b = _CHAIN_FORWARD[chain](q, k, count, paper)
-        y = _put_columns(Fc.clone(), order, m, count, chain)          # holes <- m_t
+        y = _put_columns(Fc.clone(), order, m, count)                  # holes <- m_t
         ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
         ctx.paper, ctx.chain, ctx.x_shape = paper, chain, x.shape
         outs = (count, order, source, s, d, a, b)
@@ -457,32 +496,23 @@ class _FusedCSA(torch.autograd.Function):
         B, C, H, W = ctx.x_shape
         T = order.shape[1]
         G = gy.reshape(B, C, H * W)
-        if ctx.chain == "numba":
-            _numba_threads(B)
-            gm = _workspace("gm", (B, T, C), G.dtype)                  # dL/dm at the holes (scratch)
-            _kernels().gather_columns(_np(G), _np(order), gm.numpy())
-        else:
-            gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
+        gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
         dq, dk = _CHAIN_BACKWARD[ctx.chain](gm, q, k, s, m, d, a, b, count, ctx.paper)
         grad = G.clone(memory_format=torch.contiguous_format)
-        _put_columns(grad, order, dq, count, ctx.chain)               # y_p = m_t does not contain f_p
-        _put_columns(grad, source, dk, count, ctx.chain, add=True)    # the sources accumulate dL/dk
+        _put_columns(grad, order, dq, count)                           # y_p = m_t does not contain f_p
+        _put_columns(grad, source, dk, count, add=True)                # the sources accumulate dL/dk
         return grad.view(B, C, H, W), None, None, None
 
 
-def _put_columns(base: Tensor, order: Tensor, vals: Tensor, count: Tensor, chain: str = "torch",
-                 add: bool = False) -> Tensor:
+def _put_columns(base: Tensor, order: Tensor, vals: Tensor, count: Tensor, add: bool = False) -> Tensor:
     """base[b, :, order[b, t]] = vals[b, t] (+= with add) for t < count[b], in place on base [B, C, N].
 
-    torch: one scatter; with add, scatter_add (padded vals must be 0). For set, padded steps repeat the
+    One scatter; with add, scatter_add (padded vals must be 0). For set, padded steps repeat the
     last valid step (the same value written twice) and images with count 0 rewrite their own column 0,
-    which keeps the scatter deterministic without a boolean selection. numba: a row-wise kernel.
+    which keeps the scatter deterministic without a boolean selection.
     """
     B, T, C = vals.shape
     if T == 0:
-        return base
-    if chain == "numba":
-        _kernels().put_columns(base.numpy(), _np(order), _np(vals), _np(count), add)
         return base
     if add:
         return base.scatter_add_(2, order[:, None, :].expand(B, C, T), vals.transpose(1, 2))
@@ -521,23 +551,6 @@ def _np(t: Tensor):
     return t.detach().contiguous().numpy()
 
 
-def _numba_chain_forward(q, k, count, paper):
-    """m [B,T,C] and s, d, a, b [B,T] from the numba kernel (padded steps stay 0)."""
-    m = torch.zeros_like(k)
-    s, d, a, b = (k.new_zeros(k.shape[:2]) for _ in range(4))
-    _kernels().chain_forward(_np(q), _np(k), _np(count), paper, NORM_EPS, GUARD_EPS,
-                             m.numpy(), s.numpy(), d.numpy(), a.numpy(), b.numpy())
-    return m, s, d, a, b
-
-
-def _numba_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
-    """dL/dq, dL/dk [B,T,C] from dL/dm by the numba reverse recurrence (normalisations fused in)."""
-    dq, dk = torch.zeros_like(q), torch.zeros_like(k)
-    _kernels().chain_backward(_np(gm), _np(q), _np(k), _np(s), _np(m), _np(d), _np(a), _np(b), _np(count),
-                              paper, NORM_EPS, GUARD_EPS, dq.numpy(), dk.numpy())
-    return dq, dk
-
-
 def _triton_chain_forward(q, k, count, paper):
     g, s = _scores(q, k, paper)
     m, d, a, b = _triton().chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
@@ -550,8 +563,8 @@ def _triton_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
     return _score_grads(q, k, gk, gg, gs, paper)
 
 
-_CHAIN_FORWARD = {"numba": _numba_chain_forward, "triton": _triton_chain_forward}
-_CHAIN_BACKWARD = {"numba": _numba_chain_backward, "triton": _triton_chain_backward}
+_CHAIN_FORWARD = {"triton": _triton_chain_forward}
+_CHAIN_BACKWARD = {"triton": _triton_chain_backward}
 _KERNELS = None
 _TRITON = None
 
@@ -580,10 +593,14 @@ def _kernels():
     return _KERNELS or None
 
 
-def _numba_threads(batch: int) -> None:
-    """Threads for the numba kernels' image loops: torch's intra-op threads, at most one per image
-    (a single image stays on the calling thread: waking idle OpenMP threads slows torch's matmul)."""
-    _kernels().use_threads(min(torch.get_num_threads(), batch))
+def _numba_threads(batch: int) -> int:
+    """Give the numba kernels torch's intra-op thread count (torch.set_num_threads governs both) and
+    return S, the number of channel ranges each image's streaming passes are split into: 1 when the
+    batch alone fills the threads, more for a batch smaller than the thread count (B = 1 on 2 cores
+    runs them on both cores; the chain itself stays one thread per image)."""
+    threads = torch.get_num_threads()
+    _kernels().use_threads(threads)
+    return max(1, threads // max(batch, 1))
 
 
 class _OfficialBackward(torch.autograd.Function):

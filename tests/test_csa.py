@@ -243,6 +243,34 @@ def test_numba_thread_count_does_not_change_results(threads, gen):
     assert torch.equal(y1, y2) and torch.equal(g1, g2) and torch.equal(att1.source, att2.source)
 
 
+@pytest.mark.parametrize("B,threads", [(1, 2), (1, 3), (2, 4), (3, 2)])
+def test_numba_images_split_over_threads(B, threads, gen):
+    """A batch smaller than the thread count splits each image's passes into channel ranges (S > 1):
+    same result as one thread and as the reference, C not a multiple of the number of ranges."""
+    if "numba" not in CHAINS:
+        pytest.skip("numba not installed")
+    x, hole = make_case((B, 7, 9, 11, "blob"), gen, torch.float64)
+    w = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    layer = CoherentSemanticAttention("paper", chain="numba")
+    outs = []
+    old = torch.get_num_threads()
+    for n in (1, threads):
+        torch.set_num_threads(n)
+        try:
+            xg = x.clone().requires_grad_(True)
+            y, att = layer(xg, hole, return_attention=True)
+            (g,) = torch.autograd.grad((y * w).sum(), xg)
+        finally:
+            torch.set_num_threads(old)
+        outs.append((y, att, g))
+    (y1, att1, g1), (y2, att2, g2) = outs
+    assert torch.equal(att1.source, att2.source) and torch.equal(att1.hole_index, att2.hole_index)
+    torch.testing.assert_close(y2, y1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g2, g1, rtol=1e-12, atol=1e-12)
+    y_ref, att_ref = csa_reference(x, hole, "paper", return_attention=True)
+    check_same(y2, att2, y_ref, att_ref, 1e-10, 1e-10)
+
+
 # ---------------------------------------------------------------------------------------------- degenerate
 @pytest.mark.parametrize("chain", CHAINS)
 @pytest.mark.parametrize("backward", ["autograd", "official"])
