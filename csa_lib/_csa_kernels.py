@@ -147,8 +147,10 @@ def _gather(F, c0, c1, idx, n, out):
 
 
 @njit(**_SUM)
-def _chain_forward(q, k, n, C, paper, neps, geps, m, s, d, a, b):
-    """The chain of one image: rows q, k, m [T,Cp] (first C entries), s, d, a, b [T] (0 on padding)."""
+def _chain_forward(q, k, n, C, paper, neps, geps, m, s, d, a, b, dots):
+    """The chain of one image: rows q, k, m [T,Cp] (first C entries), s, d, a, b [T] (0 on padding).
+    dots [T,5] keeps <q,q>, <k,k>, <q,k>, <m_{t-1},q>, <m_{t-1},m_{t-1}> of each step (float64) for
+    the backward, which then needs only the two dot products with the incoming gradient."""
     T = s.shape[0]
     for t in range(n, T):
         s[t] = 0.0
@@ -178,6 +180,11 @@ def _chain_forward(q, k, n, C, paper, neps, geps, m, s, d, a, b):
                 qk += qv * kv
                 mq += mv * qv
                 sq += mv * mv
+        dots[t, 0] = qq
+        dots[t, 1] = kk
+        dots[t, 2] = qk
+        dots[t, 3] = mq
+        dots[t, 4] = sq
         iq = 1.0 / (np.sqrt(qq) + neps)
         st = qk / (np.sqrt(kk) + neps)
         if paper:
@@ -210,10 +217,10 @@ def _put(y, c0, c1, order, n, m):
 
 
 @njit(**_SUM)
-def _chain_backward(gm, q, k, s, m, d, a, b, n, C, paper, neps, geps, dq, dk):
+def _chain_backward(gm, q, k, s, m, d, a, b, dots, n, C, paper, neps, geps, dq, dk):
     """Reverse recurrence of _chain_forward for one image: from dL/dm (rows gm [T,Cp]) fill the rows
     t < n of dL/dq and dL/dk [T,Cp] for the gathered hole features q_t = f_{p_t} and source features
-    k_t = f_{c(p_t)}.
+    k_t = f_{c(p_t)} (dots: the forward's dot products).
 
     G holds the total dL/dm_t. Step t (t >= 2) sends b_t G to k_t, a_t G to m_{t-1}, and through
     dL/da_t = <G, m_{t-1}>, dL/db_t = <G, k_t> the score gradients dL/dA = (La - Lb) B / (A+B)^2,
@@ -233,22 +240,10 @@ def _chain_backward(gm, q, k, s, m, d, a, b, n, C, paper, neps, geps, dq, dk):
     for t in range(n - 1, 0, -1):
         La = 0.0
         Lb = 0.0
-        sq_m = 0.0
-        mq = 0.0
-        qk = 0.0
-        qq = 0.0
-        kk = 0.0
         for c in range(C):
-            mv = m[t - 1, c]
-            qv = q[t, c]
-            kv = k[t, c]
-            La += G[c] * mv
-            Lb += G[c] * kv
-            sq_m += mv * mv
-            mq += mv * qv
-            qk += qv * kv
-            qq += qv * qv
-            kk += kv * kv
+            La += G[c] * m[t - 1, c]
+            Lb += G[c] * k[t, c]
+        qq, kk, qk, mq, sq_m = dots[t, 0], dots[t, 1], dots[t, 2], dots[t, 3], dots[t, 4]
         nq = np.sqrt(qq)
         iq = 1.0 / (nq + neps)
         dot_mg = mq * iq                                # <m_{t-1}, g_t>
@@ -382,9 +377,11 @@ def search_inputs(F, hole, count, neps, S, order, q, Fk, kidx, inv, kcount, y, a
 
 
 @njit(**_PAR)
-def generate(sim, inv, kidx, kcount, count, order, F, q, paper, neps, geps, S, source, k, m, s, d, a, b, y):
-    """From the scores sim [B,T,K]: the sources, their features k, the chain (m, s, d, a, b) and the
-    output y [B,C,N] (= F from search_inputs) with the hole columns replaced by m."""
+def generate(sim, inv, kidx, kcount, count, order, F, q, paper, neps, geps, S, source, k, m, s, d, a, b, dots,
+             y):
+    """From the scores sim [B,T,K]: the sources, their features k, the chain (m, s, d, a, b and the
+    dot products dots [B,T,5]) and the output y [B,C,N] (= F from search_inputs) with the hole
+    columns replaced by m."""
     B, C, N = F.shape
     T = sim.shape[1]
     for job in prange(B * S):
@@ -394,22 +391,22 @@ def generate(sim, inv, kidx, kcount, count, order, F, q, paper, neps, geps, S, s
         i, c0, c1 = _part(job, S, C)
         _gather(F[i], c0, c1, source[i], count[i], k[i])
     for i in prange(B):
-        _chain_forward(q[i], k[i], count[i], C, paper, neps, geps, m[i], s[i], d[i], a[i], b[i])
+        _chain_forward(q[i], k[i], count[i], C, paper, neps, geps, m[i], s[i], d[i], a[i], b[i], dots[i])
     for job in prange(B * S):
         i, c0, c1 = _part(job, S, C)
         _put(y[i], c0, c1, order[i], count[i], m[i])
 
 
 @njit(**_PAR)
-def backward(gy, order, source, count, q, k, m, s, d, a, b, paper, neps, geps, S, gm, dq, dk, grad):
+def backward(gy, order, source, count, q, k, m, s, d, a, b, dots, paper, neps, geps, S, gm, dq, dk, grad):
     """dL/dx [B,C,N] into grad from dL/dy gy [B,C,N]; gm, dq, dk [B,T,Cp] are scratch."""
     B, C, N = gy.shape
     for job in prange(B * S):
         i, c0, c1 = _part(job, S, C)
         _copy_gather(gy[i], c0, c1, order[i], count[i], grad[i], gm[i])
     for i in prange(B):
-        _chain_backward(gm[i], q[i], k[i], s[i], m[i], d[i], a[i], b[i], count[i], C, paper, neps, geps,
-                        dq[i], dk[i])
+        _chain_backward(gm[i], q[i], k[i], s[i], m[i], d[i], a[i], b[i], dots[i], count[i], C, paper, neps,
+                        geps, dq[i], dk[i])
     for job in prange(B * S):
         i, c0, c1 = _part(job, S, C)
         _scatter_grads(c0, c1, order[i], source[i], count[i], dq[i], dk[i], grad[i])

@@ -442,10 +442,11 @@ class _NumbaCSA(torch.autograd.Function):
         source = torch.empty(B, T, dtype=torch.long)
         k, m = torch.empty(rows, dtype=x.dtype), torch.empty(rows, dtype=x.dtype)
         s, d, a, b = (torch.empty(B, T, dtype=x.dtype) for _ in range(4))
+        dots = torch.empty(B, T, 5, dtype=torch.float64)    # the chain's dot products, for backward
         kern.generate(sim.numpy(), inv.numpy(), kidx.numpy(), kcount.numpy(), count.numpy(), order.numpy(), F,
                       q.numpy(), paper, NORM_EPS, GUARD_EPS, S, source.numpy(), k.numpy(), m.numpy(), s.numpy(),
-                      d.numpy(), a.numpy(), b.numpy(), y.numpy())
-        ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
+                      d.numpy(), a.numpy(), b.numpy(), dots.numpy(), y.numpy())
+        ctx.save_for_backward(q, k, s, m, d, a, b, dots, count, order, source)
         ctx.paper, ctx.x_shape = paper, x.shape
         outs = (count, order, source, s, d, a, b)
         ctx.mark_non_differentiable(*outs)
@@ -453,7 +454,7 @@ class _NumbaCSA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, *_):
-        q, k, s, m, d, a, b, count, order, source = ctx.saved_tensors
+        q, k, s, m, d, a, b, dots, count, order, source = ctx.saved_tensors
         kern = _kernels()
         B, C, H, W = ctx.x_shape
         S = _numba_threads(B)
@@ -461,8 +462,8 @@ class _NumbaCSA(torch.autograd.Function):
         grad = torch.empty_like(G)
         gm, dq, dk = (_workspace(name, q.shape, q.dtype) for name in ("gm", "dq", "dk"))
         kern.backward(G.numpy(), order.numpy(), source.numpy(), count.numpy(), q.numpy(), k.numpy(), m.numpy(),
-                      s.numpy(), d.numpy(), a.numpy(), b.numpy(), ctx.paper, NORM_EPS, GUARD_EPS, S, gm.numpy(),
-                      dq.numpy(), dk.numpy(), grad.numpy())
+                      s.numpy(), d.numpy(), a.numpy(), b.numpy(), dots.numpy(), ctx.paper, NORM_EPS, GUARD_EPS, S,
+                      gm.numpy(), dq.numpy(), dk.numpy(), grad.numpy())
         return grad.view(B, C, H, W), None, None
 
 
