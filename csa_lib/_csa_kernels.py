@@ -47,8 +47,8 @@ _SUM = dict(_JIT, fastmath={"reassoc", "contract"})
 
 
 def use_threads(n: int) -> None:
-    """Run the kernels' image loops (prange over the batch) on n threads (at most NUMBA_NUM_THREADS);
-    the caller passes min(torch.get_num_threads(), B), so torch.set_num_threads governs both."""
+    """Run the kernels' parallel loops on n threads (at most NUMBA_NUM_THREADS); the caller passes
+    torch.get_num_threads(), so torch.set_num_threads governs both."""
     set_num_threads(max(1, min(int(n), config.NUMBA_NUM_THREADS)))
 
 
