@@ -7,6 +7,7 @@ Timings are medians over repeats after warm-up, wall clock, torch.set_num_thread
 
     python benchmarks/bench_csa.py                 # CPU (and CUDA when present), writes RESULTS.md
     python benchmarks/bench_csa.py --batch 1 --no-write
+    python benchmarks/bench_csa.py --rounds 5       # median and spread over 5 rounds (noisy machines)
 
 The table goes into benchmarks/RESULTS.md between the markers below (other sections are left alone).
 """
@@ -85,7 +86,8 @@ def machine() -> str:
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
-def run(args) -> list[str]:
+def measure(args) -> list[tuple]:
+    """One round: (device, B, mask, T, semantics, implementation, (fwd wall, cpu), (fb wall, cpu)) rows."""
     rows = []
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() and not args.cpu_only else [])
     for device in devices:
@@ -112,16 +114,39 @@ def run(args) -> list[str]:
                         fwd, fb = bench_layer(ref, x, hole, device, args.ref_repeats)
                         rows.append((device.type, batch, kind, t_desc, semantics, "csa_reference", fwd, fb))
                         print(rows[-1], flush=True)
+    return rows
+
+
+def summarise(rounds: list[list[tuple]]) -> list[tuple]:
+    """Per row: the median over rounds of each round's medians, and the [min, max] of the wall times."""
+    out = []
+    for same in zip(*rounds):
+        key = same[0][:6]
+        fwd = [r[6] for r in same]
+        fb = [r[7] for r in same]
+        med = lambda v, i: statistics.median(x[i] for x in v)  # noqa: E731
+        out.append(key + ((med(fwd, 0), med(fwd, 1)), (med(fb, 0), med(fb, 1)),
+                          (min(x[0] for x in fwd), max(x[0] for x in fwd)),
+                          (min(x[0] for x in fb), max(x[0] for x in fb))))
+    return out
+
+
+def table(args, rows: list[tuple]) -> list[str]:
+    spread = args.rounds > 1
     lines = [f"Machine: {machine()}; torch.set_num_threads({args.threads}).",
              "Input: B x 512 x 32 x 32 float32 features; masks: official 120x120 centre hole of a 256 image "
              "(T = 252 holes at 32x32) and irregular masks with 30-40 % holes (T per image).",
              "Forward under no_grad; forward+backward = true gradient of a weighted sum. Medians in ms: "
-             "wall clock, and in brackets the CPU time of the process (all threads).",
+             "wall clock, and in brackets the CPU time of the process (all threads)."
+             + (f" {args.rounds} rounds, one after the other: the median over rounds of each round's median, "
+                "then [lowest - highest round median] of the wall clock." if spread else ""),
              "", "| device | B | mask | T | semantics | implementation | forward ms (cpu) | fwd+bwd ms (cpu) |",
              "|---|---|---|---|---|---|---|---|"]
-    for dev, b, kind, t, sem, impl, fwd, fb in rows:
-        back = "-" if fb[0] != fb[0] else f"{fb[0]:.2f} ({fb[1]:.2f})"
-        lines.append(f"| {dev} | {b} | {kind} | {t} | {sem} | {impl} | {fwd[0]:.2f} ({fwd[1]:.2f}) | {back} |")
+    for dev, b, kind, t, sem, impl, fwd, fb, fwd_range, fb_range in rows:
+        rf = f" [{fwd_range[0]:.2f} - {fwd_range[1]:.2f}]" if spread else ""
+        rb = f" [{fb_range[0]:.2f} - {fb_range[1]:.2f}]" if spread else ""
+        back = "-" if fb[0] != fb[0] else f"{fb[0]:.2f} ({fb[1]:.2f}){rb}"
+        lines.append(f"| {dev} | {b} | {kind} | {t} | {sem} | {impl} | {fwd[0]:.2f} ({fwd[1]:.2f}){rf} | {back} |")
     return lines
 
 
@@ -149,9 +174,16 @@ def main():
     p.add_argument("--cpu-only", action="store_true")
     p.add_argument("--no-write", dest="write", action="store_false")
     p.add_argument("--note", default="", help="a sentence about the conditions, put above the table")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole measurement and report the median and spread over rounds "
+                        "(timings on a shared virtual machine drift by tens of per cent within minutes)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    lines = run(args)
+    rounds = []
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}", flush=True)
+        rounds.append(measure(args))
+    lines = table(args, summarise(rounds))
     print("\n".join(lines))
     if args.write:
         write_section(lines, args.note)
