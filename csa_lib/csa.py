@@ -371,7 +371,7 @@ def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bo
 
     chain "torch": everything in torch ops, autograd differentiates it (slow chain, no compiled code).
     Compiled chains: one autograd.Function for the whole layer with a hand-written backward
-    (:class:`_NumbaCSA` on CPU, :class:`_FusedCSA` with the Triton chain).
+    (:class:`_NumbaCSA` on CPU, :class:`_TritonCSA` with the Triton chain).
     """
     B, C, H, W = x.shape
     N = H * W
@@ -384,7 +384,7 @@ def _csa_forward(x: Tensor, hole: Tensor, paper: bool, chain: str, want_rows: bo
         if chain == "torch":
             y, count, order, source, s, d, a, b = _csa_torch(x, holeflat, paper)
         else:
-            y, count, order, source, s, d, a, b = _FusedCSA.apply(x, holeflat, paper, chain)
+            y, count, order, source, s, d, a, b = _TritonCSA.apply(x, holeflat, paper)
         valid = torch.arange(order.shape[1], device=x.device) < count[:, None]
         zero = torch.zeros_like(s)
         att = CSAAttention(count=count, hole_index=torch.where(valid, order, -1),
@@ -467,26 +467,26 @@ class _NumbaCSA(torch.autograd.Function):
         return grad.view(B, C, H, W), None, None
 
 
-class _FusedCSA(torch.autograd.Function):
+class _TritonCSA(torch.autograd.Function):
     """The whole layer with the Triton chain (CUDA) and a hand-written backward (the true gradient).
 
-    forward(x [B,C,H,W], holeflat bool [B,N], paper, chain) -> y [B,C,H,W] and, not differentiable,
+    forward(x [B,C,H,W], holeflat bool [B,N], paper) -> y [B,C,H,W] and, not differentiable,
     count [B], order [B,T], source [B,T], s, d, a, b [B,T].
-    backward: gm = dL/dy at the holes -> chain backward (compiled) -> dL/dk, dL/dg, dL/ds ->
+    backward: gm = dL/dy at the holes -> chain backward (Triton) -> dL/dk, dL/dg, dL/ds ->
     dL/dq, dL/dk through the normalisations (_score_grads) -> scattered into dL/dx, whose hole
     columns are replaced (y does not contain x there) and whose source columns accumulate dL/dk.
     """
 
     @staticmethod
-    def forward(ctx, x, holeflat, paper, chain):
+    def forward(ctx, x, holeflat, paper):
         B, C, H, W = x.shape
         Fc = x.reshape(B, C, H * W)
         count, order, valid, bi, ti = _hole_order(holeflat)
         source, q, k = _search(Fc, holeflat, order, paper)
-        m, s, d, a, b = _CHAIN_FORWARD[chain](q, k, count, paper)
+        m, s, d, a, b = _triton_chain_forward(q, k, count, paper)
         y = _put_columns(Fc.clone(), order, m, count)                  # holes <- m_t
         ctx.save_for_backward(q, k, s, m, d, a, b, count, order, source)
-        ctx.paper, ctx.chain, ctx.x_shape = paper, chain, x.shape
+        ctx.paper, ctx.x_shape = paper, x.shape
         outs = (count, order, source, s, d, a, b)
         ctx.mark_non_differentiable(*outs)
         return (y.view(B, C, H, W),) + outs
@@ -498,11 +498,11 @@ class _FusedCSA(torch.autograd.Function):
         T = order.shape[1]
         G = gy.reshape(B, C, H * W)
         gm = torch.gather(G, 2, order[:, None, :].expand(B, C, T)).transpose(1, 2).contiguous()
-        dq, dk = _CHAIN_BACKWARD[ctx.chain](gm, q, k, s, m, d, a, b, count, ctx.paper)
+        dq, dk = _triton_chain_backward(gm, q, k, s, m, d, a, b, count, ctx.paper)
         grad = G.clone(memory_format=torch.contiguous_format)
         _put_columns(grad, order, dq, count)                           # y_p = m_t does not contain f_p
         _put_columns(grad, source, dk, count, add=True)                # the sources accumulate dL/dk
-        return grad.view(B, C, H, W), None, None, None
+        return grad.view(B, C, H, W), None, None
 
 
 def _put_columns(base: Tensor, order: Tensor, vals: Tensor, count: Tensor, add: bool = False) -> Tensor:
@@ -564,8 +564,6 @@ def _triton_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
     return _score_grads(q, k, gk, gg, gs, paper)
 
 
-_CHAIN_FORWARD = {"triton": _triton_chain_forward}
-_CHAIN_BACKWARD = {"triton": _triton_chain_backward}
 _KERNELS = None
 _TRITON = None
 
