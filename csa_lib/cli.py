@@ -111,6 +111,8 @@ def train_overrides(args, preset: Preset) -> dict[str, Any]:
         ov["train.device"] = args.device
     if args.time_budget is not None:
         ov["train.time_budget_s"] = args.time_budget
+    if args.amp is not None:
+        ov["train.amp"] = args.amp
     if args.steps is not None:
         if args.steps <= 0:
             raise CLIError(f"--steps must be positive, got {args.steps}")
@@ -469,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--device", help="auto | cpu | cuda")
     t.add_argument("--time-budget", type=float, help="stop (with a checkpoint) after this many seconds")
+    t.add_argument("--amp", choices=("auto", "bf16", "off"),
+                   help="mixed precision: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), "
+                        "else fp32; off = force fp32 (same as --set train.amp=off)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any preset field, e.g. --set train.batch_size=4 (repeatable)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -78,9 +78,11 @@ class LossConfig:
     lambda_c: float = 0.01
     lambda_d: float = 0.002
     vgg_weights: str = "auto"  # "torchvision" | "none" | "auto" | "PATH[:caffe|:torchvision]"
-    # "none": the paper's raw squared distance; "target": divided by the target's mean square (scale-free;
-    # not in the paper: with real VGG weights relu4_3 values reach thousands and the raw term swamps L1).
-    consistency_norm: str = "none"
+    # "paper_sum" (the paper's equation) | "hole_mean" | "hole_mean_scaled" (scale-free, in neither the
+    # paper nor the official code) | "official_mean" (the official code; forced by mode="official").
+    # Formulas: csa_lib.losses.consistency_loss. The default was chosen by a short run per variant
+    # (benchmarks/RESULTS.md, "Consistency-loss variants").
+    consistency: str = "hole_mean_scaled"
 
 
 @dataclass
@@ -94,10 +96,11 @@ class TrainConfig:
     decay_start: int | None = None  # step where linear decay to 0 begins; None = constant
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    amp: str = "auto"  # "auto" (bf16 on CUDA) | "bf16" | "off"
+    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16) | "bf16" | "off" (fp32)
     log_every: int = 10
     sample_every: int = 100
     ckpt_every: int = 100
+    keep_every: int | None = None  # also keep checkpoints/step_XXXXXXX.pt at multiples of this (snapshots)
     out_dir: str = "runs/default"
     time_budget_s: float | None = None  # stop early (and checkpoint) after this many seconds
     grad_check: bool = True  # stop on a NaN/Inf gradient norm as well as on a NaN/Inf loss
@@ -120,6 +123,10 @@ class Preset:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        loss = dict(d.get("loss", {}))
+        if "consistency_norm" in loss:  # checkpoints written before the variants had names
+            loss["consistency"] = {"target": "hole_mean_scaled"}.get(loss.pop("consistency_norm"), "hole_mean")
+        d = {**d, "loss": loss}
         return cls(
             name=d["name"],
             data=_build(DataConfig, d.get("data", {})),
@@ -159,7 +166,7 @@ def _demo() -> Preset:
         name="demo",
         data=DataConfig(image_size=64, masks="irregular", hole_ratio=(0.1, 0.4)),
         model=ModelConfig(image_size=64, base_channels=16),
-        loss=LossConfig(vgg_weights="auto", consistency_norm="target"),
+        loss=LossConfig(vgg_weights="auto"),
         # Measured on a 2-core CPU: ~0.8 s per step on one free core, so ~3 min of training; the time
         # budget caps a slow machine at 7 min (a second `csa demo` then resumes the run).
         train=TrainConfig(batch_size=4, steps=240, decay_start=120, log_every=10, sample_every=40,
@@ -177,7 +184,7 @@ def _celeba64() -> Preset:
                         train_range=(0, 9000), eval_range=(9000, 10000), num_workers=4),
         model=ModelConfig(image_size=64, base_channels=64),
         loss=LossConfig(vgg_weights=str(SHARED_ROOT / "weights" / "vgg16_caffe_rgb_conv1-4_fp16.pth")
-                        + ":caffe", consistency_norm="target"),
+                        + ":caffe"),
         train=TrainConfig(batch_size=32, steps=20000, decay_start=10000, log_every=50,
                           sample_every=1000, ckpt_every=1000, out_dir="runs/celeba64"),
     )

@@ -7,11 +7,16 @@ Discriminators: 0.5 RaLSGAN_D(image D) + 0.5 RaLSGAN_D(feature D)     (official 
 
 Paper weights: lambda_r = 1, lambda_c = 0.01, lambda_d = 0.002 (the official 100 : 1 : 0.2).
 
+The consistency term comes in four variants (``LossConfig.consistency``, formulas in
+:func:`consistency_loss`): ``paper_sum`` (the paper's equation), ``hole_mean``, ``hole_mean_scaled``
+(scale-free; what the presets use, chosen by measurement: benchmarks/RESULTS.md) and
+``official_mean`` (the official code).
+
 ``LossConfig.mode``:
 - ``"paper"`` (default): every term is live.
-- ``"official"``: reproduces the official code's defect: the consistency terms are added as detached
-  values (computed with the official formula: MSE over *all* positions of ``feat * hole`` against the
-  full VGG map) and the feature discriminator's generator term sees detached VGG features. Both are
+- ``"official"``: reproduces the official code: VGG sees the [-1, 1] image with no ImageNet
+  normalisation, and the consistency terms (computed with ``official_mean``: MSE over *all* positions
+  of ``feat * hole`` against the full VGG map) are added as detached values (a defect), and the feature discriminator's generator term sees detached VGG features. Both are
   still computed and logged but give no gradient, so the generator really trains on
   ``lambda_r * L1 + lambda_d * GAN_image``.
 """
@@ -46,39 +51,50 @@ def match_channels(target: Tensor, channels: int) -> Tensor:
     return target.reshape(target.shape[0], channels, c // channels, *target.shape[2:]).mean(dim=2)
 
 
-def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, formula: str = "paper",
-                     norm: str = "none") -> Tensor:
+#: The consistency-loss variants (``LossConfig.consistency``); see :func:`consistency_loss`.
+CONSISTENCY_VARIANTS = ("paper_sum", "hole_mean", "hole_mean_scaled", "official_mean")
+
+
+def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, variant: str = "hole_mean_scaled") -> Tensor:
     """Squared distance between a generator feature and VGG relu4_3 of the ground truth.
 
     feat ``[B,C,h,w]``; target ``[B,512,h,w]`` (reduced to C channels by :func:`match_channels`);
-    hole bool ``[B,1,h,w]``.
-    - ``"paper"``: mean over hole positions and channels of ``(feat - target)^2`` (known positions are
-      left out entirely).
-    - ``"official"``: the InnerCos formula: ``mean((feat * hole - target)^2)`` over all positions, so
-      known positions contribute the constant ``target^2``.
+    hole bool/float ``[B,1,h,w]`` (1 = hole). Returns a scalar. With ``M_b`` the hole positions of image
+    ``b``, ``T = sum_b |M_b|`` and ``d_byc = feat_byc - target_byc``:
 
-    ``norm="target"`` (paper formula only) divides by the mean of ``target^2`` over the same hole
-    positions (a constant: the target carries no gradient). This makes the term scale-free. Why: the
-    size of relu4_3 activations depends on the VGG weights and their input convention (the ImageNet
-    caffe-convention file gives values in the thousands, so lambda_c * L_c ~ 100 against L1 ~ 0.5 at
-    initialisation, and the consistency gradient swamps the encoder). Not in the paper; the presets
-    that train on real VGG weights use it and say so.
+    - ``"paper_sum"``: the paper's equation, a sum over hole positions of the squared L2 distance
+      (over channels), averaged over the batch:
+      ``L = (1/B) sum_b sum_{y in M_b} ||d_by||^2``. About ``T/B x C`` times ``hole_mean``.
+    - ``"hole_mean"``: the same squared distances, averaged over hole positions and channels:
+      ``L = sum_b sum_{y in M_b} sum_c d_byc^2 / (T C)``. Known positions are left out.
+    - ``"hole_mean_scaled"``: ``hole_mean`` divided by the target's mean square over the same positions
+      (a constant: the target carries no gradient), ``L = hole_mean / (sum_{M} sum_c target^2 / (T C))``.
+      Scale-free: the size of relu4_3 depends on the VGG weights and their input convention (the
+      caffe-convention ImageNet file gives values in the thousands, so ``0.01 * hole_mean`` is ~100
+      against an L1 of ~0.5). In neither the paper nor the official code.
+    - ``"official_mean"``: the official ``InnerCos`` formula, an MSE over *all* ``B x C x h x w``
+      elements of ``feat * hole - target``: ``L = mean((feat * m - target)^2)``. Known positions
+      contribute the constant ``target^2``.
     """
+    if variant not in CONSISTENCY_VARIANTS:
+        raise ValueError(f"unknown consistency variant {variant!r}; choose one of {CONSISTENCY_VARIANTS}")
     target = match_channels(target.float(), feat.shape[1])
-    h = hole.float()
-    diff2 = (feat.float() * (h if formula == "official" else 1) - target) ** 2
-    if formula == "official":
-        return diff2.mean()
-    if formula != "paper":
-        raise ValueError(f"unknown consistency formula {formula!r}; choose 'paper' or 'official'")
-    n = h.sum() * feat.shape[1]
-    loss = (diff2 * h).sum() / n.clamp_min(1)
-    if norm == "target":
-        scale = (target.detach() ** 2 * h).sum() / n.clamp_min(1)
-        return loss / scale.clamp_min(1e-8)
-    if norm != "none":
-        raise ValueError(f"unknown consistency norm {norm!r}; choose 'none' or 'target'")
-    return loss
+    m = hole.float()
+    if variant == "official_mean":
+        # mean over B*C*h*w of (feat * m - target)^2
+        return ((feat.float() * m - target) ** 2).mean()
+    # sum over hole positions and channels of (feat - target)^2
+    hole_sq = ((feat.float() - target) ** 2 * m).sum()
+    if variant == "paper_sum":
+        # (1/B) sum_b sum_{y in M_b} ||feat_y - target_y||^2
+        return hole_sq / feat.shape[0]
+    n = (m.sum() * feat.shape[1]).clamp_min(1)  # T * C
+    loss = hole_sq / n
+    if variant == "hole_mean":
+        return loss
+    # hole_mean / mean over the hole of target^2  (a constant scale)
+    scale = (target.detach() ** 2 * m).sum() / n
+    return loss / scale.clamp_min(1e-8)
 
 
 def ralsgan_d(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -107,6 +123,9 @@ class InpaintingLoss(nn.Module):
         cfg = cfg or LossConfig()
         if cfg.mode not in MODES:
             raise ValueError(f"LossConfig.mode={cfg.mode!r}; choose one of {MODES}")
+        if cfg.consistency not in CONSISTENCY_VARIANTS:
+            raise ValueError(f"LossConfig.consistency={cfg.consistency!r}; choose one of "
+                             f"{CONSISTENCY_VARIANTS}")
         if vgg is None:
             from .vgg import VGG16Features
 
@@ -118,6 +137,16 @@ class InpaintingLoss(nn.Module):
     def official(self) -> bool:
         return self.cfg.mode == "official"
 
+    @property
+    def consistency_variant(self) -> str:
+        """``official_mean`` in official mode (whatever ``cfg.consistency`` says), else ``cfg.consistency``."""
+        return "official_mean" if self.official else self.cfg.consistency
+
+    def _vgg(self, img: Tensor, taps: tuple[str, ...]) -> dict[str, Tensor]:
+        # Official mode feeds VGG the [-1, 1] image as it is (no ImageNet normalisation), as the
+        # official code does; paper mode applies the preprocessing that matches the weights.
+        return self.vgg(img, taps=taps, raw=self.official)
+
     def generator_terms(self, out, image: Tensor, mask: Tensor, image_D: nn.Module,
                         feature_D: nn.Module) -> dict[str, Tensor]:
         """The unweighted generator terms as tensors (dead ones detached in official mode).
@@ -127,19 +156,18 @@ class InpaintingLoss(nn.Module):
         """
         del mask  # the feature-resolution hole travels in `out`
         with torch.no_grad():
-            real = self.vgg(image, taps=("pool3", "relu4_3"))
+            real = self._vgg(image, ("pool3", "relu4_3"))
             real_img_pred = image_D(image)
             real_feat_pred = feature_D(real["pool3"])
         fake = out.refined.detach() if self.official else out.refined  # official: VGG of fake_B.data
-        fake_pool3 = self.vgg(fake, taps=("pool3",))["pool3"]
-        formula = "official" if self.official else "paper"
-        norm = "none" if self.official else self.cfg.consistency_norm
+        fake_pool3 = self._vgg(fake, ("pool3",))["pool3"]
+        variant = self.consistency_variant
         terms = {
             "l1_coarse": l1_loss(out.coarse, image),
             "l1_refined": l1_loss(out.refined, image),
-            "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, formula, norm),
-            "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole, formula,
-                                             norm),
+            "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, variant),
+            "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole,
+                                             variant),
             "g_image": ralsgan_g(real_img_pred, image_D(out.refined)),
             "g_feature": ralsgan_g(real_feat_pred, feature_D(fake_pool3)),
         }
@@ -166,8 +194,8 @@ class InpaintingLoss(nn.Module):
         """``0.5 RaLSGAN_D(image D) + 0.5 RaLSGAN_D(feature D)`` on the detached refined output."""
         fake = out.refined.detach()
         with torch.no_grad():
-            real_pool3 = self.vgg(image, taps=("pool3",))["pool3"]
-            fake_pool3 = self.vgg(fake, taps=("pool3",))["pool3"]
+            real_pool3 = self._vgg(image, ("pool3",))["pool3"]
+            fake_pool3 = self._vgg(fake, ("pool3",))["pool3"]
         d_image = ralsgan_d(image_D(image), image_D(fake))
         d_feature = ralsgan_d(feature_D(real_pool3), feature_D(fake_pool3))
         total = 0.5 * d_image + 0.5 * d_feature

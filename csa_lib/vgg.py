@@ -254,13 +254,16 @@ class VGG16Features(nn.Module):
         # Always eval: this network is a fixed feature extractor.
         return super().train(False)
 
-    def forward(self, img: Tensor, taps: tuple[str, ...] = ("pool3", "relu4_3")) -> dict[str, Tensor]:
+    def forward(self, img: Tensor, taps: tuple[str, ...] = ("pool3", "relu4_3"),
+                raw: bool = False) -> dict[str, Tensor]:
+        """``raw=True`` skips the preprocessing: the [-1, 1] image goes in as it is (the official code's
+        convention, used by ``LossConfig.mode="official"``)."""
         unknown = set(taps) - set(_TAPS)
         if unknown:
             raise ValueError(f"unknown VGG taps {sorted(unknown)}; available: {sorted(_TAPS)}")
         last = max(_TAPS[t] for t in taps)
         wanted = {_TAPS[t]: t for t in taps}
-        h = preprocess(img.float(), self.convention)
+        h = img.float() if raw else preprocess(img.float(), self.convention)
         out = {}
         for i, layer in enumerate(self.features[: last + 1]):
             h = layer(h)

@@ -37,20 +37,46 @@ def test_l1_and_ralsgan_values():
     assert ralsgan_d(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0])).item() == 0
 
 
+def test_consistency_variants_on_a_hand_made_example():
+    # Two images, C = 2 channels, 2x2 features. Image 0 has one hole position (0, 1), image 1 has two,
+    # (1, 0) and (1, 1). Every number below is worked out by hand from these values.
+    feat = torch.tensor([[[[1., 2.], [3., 4.]], [[0., 1.], [0., 0.]]],
+                         [[[0., 0.], [2., 1.]], [[0., 0.], [1., 3.]]]])
+    target = torch.tensor([[[[0., 0.], [0., 0.]], [[0., 3.], [0., 0.]]],
+                           [[[1., 1.], [0., 0.]], [[0., 0.], [1., 1.]]]])
+    hole = torch.tensor([[[[0, 1], [0, 0]]], [[[0, 0], [1, 1]]]], dtype=torch.bool)
+    # Squared distances at the hole positions: image 0 at (0,1): (2-0)^2 + (1-3)^2 = 8;
+    # image 1 at (1,0): (2-0)^2 + (1-1)^2 = 4; at (1,1): (1-0)^2 + (3-1)^2 = 5. Sum 17, T = 3, C = 2.
+    assert consistency_loss(feat, target, hole, "paper_sum").item() == pytest.approx(17 / 2)  # / B
+    assert consistency_loss(feat, target, hole, "hole_mean").item() == pytest.approx(17 / 6)  # / (T C)
+    # target^2 over the hole: image 0: 0 + 9; image 1: (0 + 1) + (0 + 1) -> 11 / 6.
+    assert consistency_loss(feat, target, hole, "hole_mean_scaled").item() == pytest.approx(17 / 11)
+    # Official: (feat * m - target)^2 over all 16 elements. Image 0: hole element feat (2, 1) vs (0, 3)
+    # -> 4 + 4; known elements give target^2 = 0. Image 1: holes give 4 + 0 + 1 + 4 = 9; known
+    # elements give target^2 = 1 + 1 (channel 0, row 0). Total 8 + 9 + 2 = 19 over 16 elements.
+    assert consistency_loss(feat, target, hole, "official_mean").item() == pytest.approx(19 / 16)
+    with pytest.raises(ValueError, match="consistency variant"):
+        consistency_loss(feat, target, hole, "paper")
+
+
 def test_consistency_loss_hole_only(gen):
     feat = torch.randn(2, 512, 4, 4, generator=gen)
     target = torch.randn(2, 512, 4, 4, generator=gen)
     hole = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     hole[0, 0, 1, 2] = hole[1, 0, 3, 3] = True
     expected = ((feat[0, :, 1, 2] - target[0, :, 1, 2]) ** 2).sum() + ((feat[1, :, 3, 3] - target[1, :, 3, 3]) ** 2).sum()
-    torch.testing.assert_close(consistency_loss(feat, target, hole), expected / (2 * 512))
-    # Known positions do not matter at all in the paper formula...
+    torch.testing.assert_close(consistency_loss(feat, target, hole, "hole_mean"), expected / (2 * 512))
+    torch.testing.assert_close(consistency_loss(feat, target, hole, "paper_sum"), expected / 2)
+    # Known positions do not matter at all in the hole variants...
     feat2 = torch.where(hole, feat, torch.randn(feat.shape, generator=gen))
-    torch.testing.assert_close(consistency_loss(feat2, target, hole), expected / (2 * 512))
+    for variant in ("paper_sum", "hole_mean", "hole_mean_scaled"):
+        torch.testing.assert_close(consistency_loss(feat2, target, hole, variant),
+                                   consistency_loss(feat, target, hole, variant))
     # ...but the official formula compares 0 with the target there.
     official = ((feat * hole - target) ** 2).mean()
-    torch.testing.assert_close(consistency_loss(feat, target, hole, "official"), official)
-    assert consistency_loss(feat, target, torch.zeros_like(hole)).item() == 0  # no hole, no loss
+    torch.testing.assert_close(consistency_loss(feat, target, hole, "official_mean"), official)
+    for variant in ("paper_sum", "hole_mean", "hole_mean_scaled"):  # no hole, no loss
+        assert consistency_loss(feat, target, torch.zeros_like(hole), variant).item() == 0
 
 
 def test_match_channels():
@@ -144,18 +170,49 @@ def test_bad_mode_raises(vgg):
         InpaintingLoss(LossConfig(mode="nope"), vgg)
 
 
-def test_consistency_norm_target_is_scale_free():
-    from csa_lib.losses import consistency_loss
-
+def test_hole_mean_scaled_is_scale_free():
     g = torch.Generator().manual_seed(3)
     feat = torch.randn(2, 8, 4, 4, generator=g)
     target = torch.randn(2, 8, 4, 4, generator=g) * 50
     hole = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     hole[:, :, 1:3, 1:3] = True
-    raw = consistency_loss(feat, target, hole)
-    rel = consistency_loss(feat, target, hole, norm="target")
+    raw = consistency_loss(feat, target, hole, "hole_mean")
+    rel = consistency_loss(feat, target, hole, "hole_mean_scaled")
     torch.testing.assert_close(rel, raw / (target ** 2 * hole).sum() * (hole.sum() * 8))
-    torch.testing.assert_close(consistency_loss(feat * 1000, target * 1000, hole, norm="target"), rel)
-    assert consistency_loss(feat * 1000, target * 1000, hole) > raw * 1e5
-    with pytest.raises(ValueError, match="consistency norm"):
-        consistency_loss(feat, target, hole, norm="nope")
+    torch.testing.assert_close(consistency_loss(feat * 1000, target * 1000, hole, "hole_mean_scaled"), rel)
+    assert consistency_loss(feat * 1000, target * 1000, hole, "hole_mean") > raw * 1e5
+
+
+def test_bad_consistency_variant_raises(vgg):
+    with pytest.raises(ValueError, match="consistency"):
+        InpaintingLoss(LossConfig(consistency="paper"), vgg)
+
+
+def test_official_mode_feeds_vgg_the_raw_image(vgg):
+    # Official: VGG sees the [-1, 1] image as it is; paper mode applies the weights' preprocessing.
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, img, taps=("pool3", "relu4_3"), raw=False):
+            calls.append(raw)
+            return vgg(img, taps=taps, raw=raw)
+
+    img = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert not torch.allclose(vgg(img, raw=True)["relu4_3"], vgg(img)["relu4_3"])
+    for mode, expect in (("official", True), ("paper", False)):
+        calls.clear()
+        loss = InpaintingLoss(LossConfig(mode=mode), Spy())
+        loss._vgg(img, ("pool3",))
+        assert calls == [expect]
+    assert InpaintingLoss(LossConfig(mode="official", consistency="paper_sum"), vgg).consistency_variant == "official_mean"
+
+
+def test_old_checkpoint_consistency_norm_maps_to_variant():
+    from csa_lib.config import Preset, get_preset
+
+    d = get_preset("smoke").to_dict()
+    del d["loss"]["consistency"]
+    d["loss"]["consistency_norm"] = "target"
+    assert Preset.from_dict(d).loss.consistency == "hole_mean_scaled"
+    d["loss"]["consistency_norm"] = "none"
+    assert Preset.from_dict(d).loss.consistency == "hole_mean"

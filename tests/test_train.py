@@ -204,3 +204,47 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     atomic_save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a csa_lib training checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_amp_auto_picks_bf16_on_a_cpu_with_native_bf16(monkeypatch):
+    from csa_lib.train import amp_dtype, cpu_has_native_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setenv("CSA_CPU_BF16", "1")
+    assert cpu_has_native_bf16() and amp_dtype("auto", cpu) == torch.bfloat16
+    assert amp_dtype("off", cpu) is None and amp_dtype("fp32", cpu) is None  # the way to force fp32
+    monkeypatch.setenv("CSA_CPU_BF16", "0")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) == torch.bfloat16
+    assert amp_dtype("auto", cuda) == torch.bfloat16
+    with pytest.raises(ValueError, match="train.amp"):
+        amp_dtype("fp16", cpu)
+    monkeypatch.delenv("CSA_CPU_BF16")
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+@pytest.mark.slow
+def test_bf16_resume_is_bit_identical(tmp_path, vgg):
+    # bf16 autocast on the CPU keeps exact resume: the same weights after a kill and a resume.
+    kw = {"train.amp": "bf16"}
+    full = Trainer(smoke(tmp_path / "full", **kw), vgg=vgg, progress=False)
+    full.fit()
+    run = Trainer(smoke(tmp_path / "run", **kw), vgg=vgg, progress=False)
+
+    def kill_at_3(trainer, logs):
+        if trainer.step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run.fit(callback=kill_at_3)
+    resumed = Trainer.resume(tmp_path / "run", vgg=vgg, progress=False)
+    assert resumed.amp == torch.bfloat16 and resumed.fit()["step"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(parameters(resumed), parameters(full)))
+
+
+def test_keep_every_keeps_snapshots(tmp_path, vgg):
+    trainer = Trainer(smoke(tmp_path, **{"train.keep_every": 2, "train.steps": 4}), vgg=vgg, progress=False)
+    trainer.fit()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert names == ["step_0000002.pt", "step_0000004.pt"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "step_0000002.pt")["step"] == 2
