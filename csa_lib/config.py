@@ -55,6 +55,7 @@ class DataConfig:
     eval_range: tuple[int, int] | None = None
     flip: bool = True  # random horizontal flip when training
     num_workers: int = 0
+    skip_bad_images: bool = True  # training: skip an unreadable image with a warning (False = stop with an error)
     eval_seed: int = 1234  # fixed evaluation masks come from this seed
 
 
@@ -228,3 +229,30 @@ def apply_override(preset: Preset, key: str, value: Any) -> None:
     if not is_dataclass(target) or not name or not hasattr(target, name):
         raise ValueError(f"unknown setting {key!r} (expected section.field, e.g. train.steps)")
     setattr(target, name, copy.deepcopy(value))
+
+
+#: The notebooks' size profiles, smallest first (``notebook_profile``).
+NOTEBOOK_PROFILES = ("smoke", "laptop", "full")
+
+
+def notebook_profile() -> str:
+    """The size profile a notebook runs at: ``"smoke"``, ``"laptop"`` or ``"full"``.
+
+    - ``smoke``: tiny sizes, seconds; the numbers mean nothing, every line runs (tests, CI).
+    - ``laptop``: the notebooks that train do so for a few minutes on a laptop CPU (bf16 where the CPU
+      has it natively, ``train.amp="auto"``); losses fall visibly and the pictures start to mean something.
+    - ``full``: the sizes of a GPU run.
+
+    ``CSA_SMOKE=1`` forces ``smoke`` (tests and CI set it). Otherwise ``CSA_PROFILE`` picks one; unset,
+    the profile is ``full`` on a CUDA machine and ``smoke`` on a CPU (a CPU run stays short unless asked).
+    """
+    if smoke_mode():
+        return "smoke"
+    name = os.environ.get("CSA_PROFILE", "").strip().lower()
+    if not name:
+        import torch  # lazily: the rest of this module does not need torch
+
+        return "full" if torch.cuda.is_available() else "smoke"
+    if name not in NOTEBOOK_PROFILES:
+        raise ValueError(f"CSA_PROFILE={name!r} is not a profile; choose one of {', '.join(NOTEBOOK_PROFILES)}")
+    return name

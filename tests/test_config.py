@@ -26,3 +26,24 @@ def test_image_sizes_agree():
     for name in PRESETS:
         p = get_preset(name)
         assert p.data.image_size == p.model.image_size
+
+
+def test_notebook_profile_from_the_environment(monkeypatch):
+    import torch
+
+    from csa_lib.config import notebook_profile
+
+    monkeypatch.delenv("CSA_SMOKE", raising=False)
+    monkeypatch.delenv("CSA_PROFILE", raising=False)
+    assert notebook_profile() == ("full" if torch.cuda.is_available() else "smoke")
+    for name in ("smoke", "laptop", "full"):
+        monkeypatch.setenv("CSA_PROFILE", name)
+        assert notebook_profile() == name
+    monkeypatch.setenv("CSA_PROFILE", " Laptop ")  # case and spaces from a shell are forgiven
+    assert notebook_profile() == "laptop"
+    monkeypatch.setenv("CSA_SMOKE", "1")  # tests and CI: smoke wins over everything
+    assert notebook_profile() == "smoke"
+    monkeypatch.delenv("CSA_SMOKE")
+    monkeypatch.setenv("CSA_PROFILE", "huge")
+    with pytest.raises(ValueError, match="CSA_PROFILE='huge'"):
+        notebook_profile()
