@@ -298,24 +298,43 @@ def sample_images(size: int = 64) -> torch.Tensor:
     return torch.stack([to_tensor(prepare_image(im, size, "center_crop")) for im in embedded_photos()])
 
 
+#: Two natural photos kept out of training where a notebook evaluates on held-out images (the other
+#: five include a star field and a microscopy slide, poor test pictures for a result figure).
+HELD_OUT_PHOTOS = ("chelsea", "coffee")
+
+
+def held_out_split(split: str) -> tuple[str, ...]:
+    """Names of the embedded photos for ``split``: ``"eval"`` -> ``HELD_OUT_PHOTOS``, ``"train"`` -> the rest."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    return HELD_OUT_PHOTOS if split == "eval" else tuple(n for n in EMBEDDED_PHOTOS if n not in HELD_OUT_PHOTOS)
+
+
 class EmbeddedDataset(Dataset):
     """Random square crops (random photo, scale, position, horizontal flip) of the embedded photos, with a
     mask each: a tiny training set for demos and smoke runs that needs no download.
 
     ``ds[i]`` -> ``(image [3, S, S] in [-1, 1], mask [1, S, S])``. ``n`` is the epoch length. ``scale``:
     crop side as a fraction of the photo's short side. With ``seed`` set, item i is a fixed crop and mask
-    (``Generator().manual_seed(seed + i)``), for evaluation.
+    (``Generator().manual_seed(seed + i)``), for evaluation. ``photos``: names from ``EMBEDDED_PHOTOS``
+    to crop from (default all), e.g. ``held_out_split("train")`` to keep the evaluation photos unseen.
     """
 
     def __init__(self, image_size: int, mask_source, n: int = 1000, seed: int | None = None,
-                 scale: tuple[float, float] = (0.3, 1.0), flip: bool = True):
+                 scale: tuple[float, float] = (0.3, 1.0), flip: bool = True,
+                 photos: Sequence[str] | None = None):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale!r}")
         self.image_size, self.mask_source = image_size, _mask_source(mask_source)
         self.n, self.seed, self.scale, self.flip = n, seed, scale, flip
-        self.photos = embedded_photos()
+        names = EMBEDDED_PHOTOS if photos is None else tuple(photos)
+        unknown = sorted(set(names) - set(EMBEDDED_PHOTOS))
+        if unknown or not names:
+            raise ValueError(f"photos must be a non-empty subset of {EMBEDDED_PHOTOS}; got {tuple(photos)!r}")
+        self.photo_names = names
+        self.photos = [embedded_photos()[EMBEDDED_PHOTOS.index(n)] for n in names]
 
     def __len__(self) -> int:
         return self.n
