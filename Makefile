@@ -1,9 +1,12 @@
 # Two commands for a fresh machine (Python 3.10+):
 #   make demo   set up, then train the demo preset on the embedded images and write figures to runs/demo/
 #   make test   set up, then run pytest on tests/ and nbval on every notebook
+# Also: make lab [LAB_ARGS="--port 8890 --no-browser --ip 127.0.0.1"]   JupyterLab on notebooks/
+#       make test-browser   the JupyterLab widget tests in headless Chromium (tests/test_browser.py)
 #
 # Set-up: inside an active virtual environment or conda environment we install into it; otherwise
-# we create .venv/ here. torch/torchvision come from PyPI as the matching pair pinned in requirements.txt.
+# we create .venv/ here. The library's requirements are ranges (requirements.txt); set-up installs the
+# exact, tested versions from constraints.txt (torch 2.15.0 + torchvision 0.29.2 and the rest).
 
 ifneq ($(strip $(VIRTUAL_ENV)$(CONDA_PREFIX)),)
   PY := python
@@ -19,16 +22,20 @@ endif
 WORKERS ?= 2
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
-.PHONY: setup demo test test-py test-nb lab bench clean
+# JupyterLab options, e.g. LAB_ARGS="--port 8890 --no-browser --ip 0.0.0.0". As root, --allow-root is added.
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
+
+.PHONY: setup demo test test-py test-nb test-browser lab bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 ifdef VENV
 	test -x $(PY) || python3 -m venv $(VENV)
 endif
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: setup
@@ -36,17 +43,32 @@ demo: setup
 
 test: setup
 	CSA_SMOKE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadscope tests/ \
-	  --nbval-lax $(NOTEBOOKS) -p no:cacheprovider
+	  -m "not browser" --nbval-lax $(NOTEBOOKS) -p no:cacheprovider
 
 test-py: setup
-	MPLBACKEND=Agg $(PY) -m pytest -n $(WORKERS) tests/
+	MPLBACKEND=Agg $(PY) -m pytest -n $(WORKERS) -m "not browser" tests/
 
 test-nb: setup
 	CSA_SMOKE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadscope --nbval-lax $(NOTEBOOKS)
 
+# Playwright drives the system's Chromium (no browser download): Debian's `chromium` package, installed
+# here with apt when we are root; otherwise the tests skip with a message saying what is missing.
+test-browser: setup
+	$(PY) -m pip install -q -c constraints.txt -e ".[browser]" || \
+	  echo "test-browser: could not install playwright (pip); the browser tests will skip"
+	@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$CSA_CHROMIUM" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium) || echo "test-browser: apt-get install chromium failed; the browser tests will skip"; \
+	  else \
+	    echo "test-browser: no chromium found; install it (Debian/Ubuntu: sudo apt-get install chromium)" \
+	         "or set CSA_CHROMIUM=/path/to/chrome; the browser tests will skip"; \
+	  fi; \
+	fi
+	CSA_SMOKE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -v -rs tests/test_browser.py -p no:cacheprovider
+
 lab: setup
-	$(PY) -m pip install jupyterlab
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(LAB_ROOT) $(LAB_ARGS) notebooks/
 
 bench: setup
 	$(PY) benchmarks/bench_csa.py

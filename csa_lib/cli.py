@@ -113,6 +113,8 @@ def train_overrides(args, preset: Preset) -> dict[str, Any]:
         ov["train.time_budget_s"] = args.time_budget
     if args.amp is not None:
         ov["train.amp"] = args.amp
+    if getattr(args, "strict_images", False):
+        ov["data.skip_bad_images"] = False
     if args.steps is not None:
         if args.steps <= 0:
             raise CLIError(f"--steps must be positive, got {args.steps}")
@@ -125,18 +127,20 @@ def train_overrides(args, preset: Preset) -> dict[str, Any]:
 
 
 def cmd_train(args) -> int:
-    from .train import Trainer
+    from .train import Trainer, has_checkpoint, resolve_device
 
     _setup_threads(args)
     preset = get_preset(args.preset)
     ov = train_overrides(args, preset)
     out_dir = Path(ov.get("train.out_dir", preset.train.out_dir))
-    has_ckpt = (out_dir / "checkpoints" / "last.pt").exists()
+    if "train.device" in ov:
+        resolve_device(ov["train.device"])  # an unknown or absent device: one line, before any work
     if args.resume:
         trainer = Trainer.resume(out_dir, ov, progress=not args.quiet)
         print(f"resuming {out_dir} at step {trainer.step}")
     else:
-        if has_ckpt:
+        # Also a run whose last save was cut between next.pt and last.pt: never start it over silently.
+        if has_checkpoint(out_dir):
             raise CLIError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
                            "or --out to start a new run")
         for key, value in ov.items():
@@ -172,7 +176,30 @@ def parse_range(text: str | None) -> tuple[int, int] | None:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError:
         raise CLIError(f"--range {text!r}: expected START:STOP, e.g. 9000:10000") from None
+    if not 0 <= start < stop:
+        raise CLIError(f"--range {text!r}: expected 0 <= START < STOP")
     return start, stop
+
+
+def _check_eval_args(args) -> None:
+    """One-line errors for values that would otherwise be accepted and misread (``--max-images -5``
+    used to score 3 images), or fail deep inside torch (``--device tpu``, a ``--fid`` file that is not
+    Inception weights)."""
+    if args.max_images is not None and args.max_images < 1:
+        raise CLIError(f"--max-images must be a positive number of images, got {args.max_images}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    _device(args.device)
+    if args.fid not in (None, "auto", "none", "torchvision"):
+        from .metrics import load_inception
+
+        _need_file(args.fid, "--fid weights")
+        try:
+            load_inception(args.fid)
+        except Exception as e:  # noqa: BLE001 - any failure means: not usable Inception-v3 weights
+            from .train import first_line
+
+            raise CLIError(f"--fid {args.fid}: not usable Inception-v3 weights ({first_line(e)})") from None
 
 
 def cmd_eval(args) -> int:
@@ -180,6 +207,7 @@ def cmd_eval(args) -> int:
 
     _setup_threads(args)
     _need_file(args.checkpoint, "checkpoint")
+    _check_eval_args(args)
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, mask_dir=args.masks,
                                  eval_range=parse_range(args.range), batch_size=args.batch_size,
                                  device=_device(args.device), composite=not args.raw,
@@ -278,7 +306,7 @@ def cmd_inpaint(args) -> int:
 # --------------------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     """Train the demo preset on the embedded photos (or reuse a finished run), then write figures."""
-    from .train import Trainer, load_checkpoint
+    from .train import Trainer, has_checkpoint, load_checkpoint
 
     _setup_threads(args)
     preset = get_preset("demo")
@@ -291,9 +319,8 @@ def cmd_demo(args) -> int:
     for key, value in ov.items():
         apply_override(preset, key, value)
     out = Path(args.out)
-    ckpt_file = out / "checkpoints" / "last.pt"
     t0 = time.perf_counter()
-    if ckpt_file.exists() and not args.retrain:
+    if has_checkpoint(out) and not args.retrain:
         done = int(load_checkpoint(out)["step"])
         if done >= preset.train.steps:
             print(f"found a finished demo run in {out} (step {done}); pass --retrain to train again")
@@ -302,7 +329,7 @@ def cmd_demo(args) -> int:
             _fit(Trainer.resume(out, {"train.steps": preset.train.steps}, progress=not args.quiet))
     else:
         if args.retrain and out.exists():
-            for name in ("last.pt", "prev.pt"):
+            for name in ("last.pt", "prev.pt", "next.pt"):
                 (out / "checkpoints" / name).unlink(missing_ok=True)
             (out / "log.jsonl").unlink(missing_ok=True)
         import torch
@@ -450,16 +477,33 @@ def _setup_threads(args) -> None:
 
 
 def _device(name: str | None) -> str:
-    if name in (None, "auto"):
-        import torch
+    """``--device`` as a torch device string; unknown or absent devices are a one-line ``ValueError``."""
+    from .train import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return str(resolve_device(name or "auto"))
+
+
+def version_string() -> str:
+    """``csa 0.1.0 (torch 2.15.0, torchvision 0.29.2, Python 3.11.9)``: read from the installed
+    packages' metadata, so ``csa --version`` stays instant (no torch import)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"csa {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')}, "
+            f"Python {sys.version.split()[0]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csa", description="Coherent Semantic Attention for image inpainting")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,inpaint,demo}")
+    p.add_argument("--version", action="version", version=version_string())
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,inpaint,weights,demo}")
 
     t = sub.add_parser("train", help="train a preset (smoke, demo, celeba64, paper256)")
     t.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
@@ -476,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "else fp32; off = force fp32 (same as --set train.amp=off)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any preset field, e.g. --set train.batch_size=4 (repeatable)")
+    t.add_argument("--strict-images", action="store_true",
+                   help="stop at an unreadable training image instead of skipping it with a warning "
+                        "(same as --set data.skip_bad_images=false)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     t.set_defaults(func=cmd_train)
@@ -521,7 +568,8 @@ def is_expected(e: BaseException) -> bool:
     if isinstance(e, (CLIError, OSError, ValueError)):
         return True
     # Library errors; their modules are only loaded (with torch) when a command got that far.
-    for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.vgg", "VGGWeightsUnavailable"),
+    for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.train", "RunInUseError"),
+                         ("csa_lib.vgg", "VGGWeightsUnavailable"),
                          ("csa_lib.metrics", "InceptionWeightsUnavailable")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
@@ -541,8 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not is_expected(e) or os.environ.get("CSA_DEBUG"):
             raise  # a bug (or CSA_DEBUG=1): keep the traceback
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"csa: error: {message}", file=sys.stderr)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        print(f"csa: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("csa: interrupted", file=sys.stderr)
