@@ -4,6 +4,7 @@
               [--resume] [--set section.field=value ...]
     csa eval CHECKPOINT [--data DIR] [--masks DIR] [--range START:STOP]
     csa inpaint CHECKPOINT IMAGE MASK -o OUT.png
+    csa import-official FOLDER [--epoch E] [--image-size N] [--semantics official|paper] -o FILE
     csa demo                                     # what `make demo` runs
 
 Expected failures (a missing file, a mask that is not binary, an image and a mask of different sizes, an
@@ -301,6 +302,18 @@ def cmd_inpaint(args) -> int:
     return 0
 
 
+def cmd_import_official(args) -> int:
+    """Convert a folder of official CSA checkpoints (<epoch>_net_G/P.pth) to one csa_lib checkpoint."""
+    from .official import import_official
+
+    ckpt = import_official(args.folder, args.output, epoch=args.epoch, image_size=args.image_size,
+                           semantics=args.semantics)
+    model = ckpt["preset"]["model"]
+    print(f"wrote {ckpt['path']} (official epoch {ckpt['official']['epoch']}, {model['image_size']} px, "
+          f"width {model['base_channels']}, CSA semantics {model['csa_semantics']})")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # csa demo
 # --------------------------------------------------------------------------------------------------
@@ -503,7 +516,7 @@ def version_string() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csa", description="Coherent Semantic Attention for image inpainting")
     p.add_argument("--version", action="version", version=version_string())
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,inpaint,weights,demo}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,inpaint,import-official,weights,demo}")
 
     t = sub.add_parser("train", help="train a preset (smoke, demo, celeba64, paper256)")
     t.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
@@ -551,6 +564,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", help="auto | cpu | cuda")
     i.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     i.set_defaults(func=cmd_inpaint)
+
+    o = sub.add_parser("import-official", help="convert official CSA checkpoints (<epoch>_net_G/P.pth) "
+                                               "to a checkpoint for inpaint and eval")
+    o.add_argument("folder", help="the official checkpoints folder (checkpoints_dir/name)")
+    o.add_argument("--epoch", default="latest", help="epoch label of the files (default latest: "
+                   "latest_net_*.pth, else the highest numbered epoch)")
+    o.add_argument("--image-size", type=int, default=256, help="image size (the official nets: 256)")
+    o.add_argument("--semantics", choices=("official", "paper"), default="official",
+                   help="CSA layer forward: the official code's similarities (default) or the paper's")
+    o.add_argument("-o", "--output", required=True, help="checkpoint file to write (.pt)")
+    o.set_defaults(func=cmd_import_official)
 
     d = sub.add_parser("demo", help="train the demo preset on the embedded photos and write figures")
     d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
