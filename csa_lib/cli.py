@@ -1,13 +1,13 @@
-"""The ``csa`` command: train, evaluate, inpaint one image, and the CPU demo.
+"""The ``csa`` command: train, evaluate, inpaint your photos, fetch weights, and the CPU demo.
 
     csa train --preset demo [--data DIR] [--masks DIR] [--vgg-weights SPEC] [--steps N] [--out DIR]
               [--resume] [--set section.field=value ...]
     csa eval CHECKPOINT [--data DIR] [--masks DIR] [--range START:STOP]
-    csa inpaint CHECKPOINT IMAGE MASK -o OUT.png
+    csa inpaint IMAGE MASK -o OUT.png [--checkpoint CKPT]  # or --mask center|irregular; or a folder
     csa import-official FOLDER [--epoch E] [--image-size N] [--semantics official|paper] -o FILE
     csa demo                                     # what `make demo` runs
 
-Expected failures (a missing file, a mask that is not binary, an image and a mask of different sizes, an
+Expected failures (a missing file, an image and a mask of different sizes, an
 unknown preset or setting) print one line ``csa: error: ...`` on stderr and exit with status 2.
 """
 from __future__ import annotations
@@ -227,56 +227,118 @@ def _need_file(path, what: str) -> None:
         raise FileNotFoundError(f"{what} {p}: no such file")
 
 
-def read_image_and_mask(image_path, mask_path):
-    """``(image [3,H,W] in [-1,1], mask [1,H,W] in {0,1})`` from files, validated.
+MASK_RULE = ("a mask is read as greyscale and thresholded: > 127 = hole (white), <= 127 = known, so "
+             "anti-aliased and JPEG masks work; a mask holding only the values 0 and 1 is read as 1 = hole")
 
-    The mask must be binary: values {0, 255} or {0, 1}, with the larger value meaning hole (white = hole,
-    as in the NVIDIA masks), and the same size as the image.
+
+def _read_mask(path, size: tuple[int, int]):
+    """``[1, H, W]`` float mask (1 = hole) from a file, by :data:`MASK_RULE`, at image size ``(H, W)``.
+
+    A mask of another size but the same aspect ratio (within 1%) is resized (nearest); any other size
+    is an error naming both files' sizes.
     """
-    from PIL import Image, UnidentifiedImageError
+    import torch
+    from PIL import Image, ImageOps
 
-    _need_file(image_path, "image")
-    _need_file(mask_path, "mask")
-    try:
-        img = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32)
-        raw = np.asarray(Image.open(mask_path).convert("L"))
-    except UnidentifiedImageError as e:
-        raise CLIError(f"cannot read {e.filename or image_path} as an image") from None
-    if img.shape[:2] != raw.shape:
-        raise CLIError(f"size mismatch: image {image_path} is {img.shape[1]}x{img.shape[0]} but mask "
-                       f"{mask_path} is {raw.shape[1]}x{raw.shape[0]} (width x height)")
-    values = set(np.unique(raw).tolist())
-    if not (values <= {0, 255} or values <= {0, 1}):
-        raise CLIError(f"mask {mask_path} is not binary: {len(values)} grey levels (expected 0 = known, "
-                       "255 = hole)")
-    hole = raw == max(values) if values != {0} else raw > 0
+    from .data import load_image
+
+    _need_file(path, "mask")
+    grey = ImageOps.exif_transpose(load_image(path)).convert("L")  # EXIF: drawn on the photo as shown
+    H, W = size
+    if grey.size != (W, H):
+        if abs(grey.size[0] * H - grey.size[1] * W) > 0.01 * W * H:
+            raise CLIError(f"size mismatch: the image is {W}x{H} but mask {path} is "
+                           f"{grey.size[0]}x{grey.size[1]} (width x height)")
+        grey = grey.resize((W, H), Image.NEAREST)
+    raw = np.asarray(grey)
+    hole = raw > 0 if raw.max(initial=0) == 1 else raw > 127
+    return torch.from_numpy(hole.astype(np.float32))[None]
+
+
+def read_image(path):
+    """``[3, H, W]`` in [-1, 1] from an image file, EXIF orientation applied (as a photo viewer shows it)."""
+    from PIL import ImageOps
+
+    from .data import load_image, to_tensor
+
+    _need_file(path, "image")
+    return to_tensor(ImageOps.exif_transpose(load_image(path)))
+
+
+def read_image_and_mask(image_path, mask_path):
+    """``(image [3,H,W] in [-1,1], mask [1,H,W] in {0,1})`` from files.
+
+    The mask is thresholded (see :data:`MASK_RULE`: > 127 after greyscale = hole) and must have the
+    image's size, or the same aspect ratio (then it is resized, nearest).
+    """
+    image = read_image(image_path)
+    return image, _read_mask(mask_path, tuple(image.shape[-2:]))
+
+
+def crop_box(height: int, width: int, preprocessing: dict) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)``: the part of an image the network sees, by the model's pre-processing
+    (``data.prepare_image``): the whole image for ``resize="square"``, the square of the short side for
+    ``"center_crop"`` (centred horizontally, at ``crop_top`` of the spare rows vertically)."""
+    if preprocessing.get("resize", "square") == "square":
+        return 0, 0, height, width
+    s = min(height, width)
+    crop_top = preprocessing.get("crop_top")
+    return round((0.5 if crop_top is None else crop_top) * (height - s)), (width - s) // 2, s, s
+
+
+def generate_mask(kind: str, height: int, width: int, preprocessing: dict, seed: int = 0):
+    """A generated hole ``[1, H, W]`` inside the part the network sees (:func:`crop_box`): ``"center"``
+    (the official centre square, 120/256 of the side) or ``"irregular"`` (free-form strokes, hole ratio
+    10-60%, a pure function of ``seed``)."""
     import torch
 
-    image = torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1
-    mask = torch.from_numpy(hole.astype(np.float32))[None]
-    return image, mask
+    from .masks import center_mask, irregular_mask
+
+    top, left, h, w = crop_box(height, width, preprocessing)
+    if kind == "center":
+        inner = center_mask((h, w))
+    elif kind == "irregular":
+        inner = irregular_mask((h, w), generator=seed)
+    else:
+        raise CLIError(f"--mask {kind!r}: expected a mask file, 'center' or 'irregular'")
+    mask = torch.zeros(1, height, width)
+    mask[:, top:top + h, left:left + w] = inner
+    return mask
 
 
-def inpaint(generator, image, mask, image_size: int):
-    """Fill the hole of one image of any size with a generator trained at ``image_size``.
+def inpaint(generator, image, mask, preprocessing):
+    """Fill the hole of one image of any size with a generator trained at a fixed size.
 
-    The image is resized to a square of the training size (the official pre-processing), the refined
-    output is resized back, and only hole pixels are taken from it: known pixels stay bit-exact.
+    The part of the image the model was trained on (:func:`crop_box`: the whole image stretched to a
+    square, or the face model's square centre crop) is resized to the training size, the refined output
+    is resized back and pasted at the input's size, and only hole pixels are taken from it: known pixels
+    stay bit-exact. A network pixel counts as hole if any input pixel under it does (area > 0), so thin
+    strokes are not lost by the downscale.
 
-    Args: image ``[3,H,W]`` in [-1,1], mask ``[1,H,W]`` (1 = hole). Returns ``[3,H,W]`` in [-1,1].
+    Args: image ``[3,H,W]`` in [-1,1], mask ``[1,H,W]`` (1 = hole); ``preprocessing``: a dict
+    ``{image_size, resize, crop_top}`` (a model card's, or :func:`checkpoint_preprocessing`) or an int
+    (the training size, whole image stretched). Returns ``[3,H,W]`` in [-1,1].
     """
     import torch
     import torch.nn.functional as F
 
-    device = next(generator.parameters()).device
+    pre = {"image_size": preprocessing} if isinstance(preprocessing, int) else preprocessing
+    S = int(pre["image_size"])
     H, W = image.shape[-2:]
-    x = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear", antialias=True,
-                      align_corners=False)
-    m = F.interpolate(mask[None], size=(image_size, image_size), mode="nearest")
+    top, left, h, w = crop_box(H, W, pre)
+    img, hole = image[:, top:top + h, left:left + w], mask[:, top:top + h, left:left + w]
+    if float(hole.sum()) < float(mask.sum()):
+        raise CLIError(f"the hole reaches outside the {w}x{h} square (left {left}, top {top}) that this "
+                       "model sees; crop the photo around the face first, or move the hole")
+    x = F.interpolate(img[None], size=(S, S), mode="bilinear", antialias=True, align_corners=False)
+    m = (F.interpolate(hole[None], size=(S, S), mode="area") > 0).float()
+    device = next(generator.parameters()).device
     with torch.no_grad():
         out = generator(x.to(device).clamp(-1, 1), m.to(device)).refined.float().cpu()
-    out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)[0].clamp(-1, 1)
-    return image * (1 - mask) + out * mask  # known pixels come from the input, exactly
+    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(-1, 1)
+    result = image.clone()
+    result[:, top:top + h, left:left + w] = img * (1 - hole) + out * hole  # known pixels: the input's
+    return result
 
 
 def save_image(x, path) -> Path:
@@ -290,15 +352,126 @@ def save_image(x, path) -> Path:
     return path
 
 
-def cmd_inpaint(args) -> int:
-    image, mask = read_image_and_mask(args.image, args.mask)
-    _need_file(args.checkpoint, "checkpoint")
-    from .train import load_generator
+def checkpoint_preprocessing(preset) -> dict:
+    """The pre-processing a checkpoint's generator was trained with (as in a model card)."""
+    return {"image_size": preset.data.image_size, "resize": preset.data.resize, "crop_top": preset.data.crop_top}
 
+
+def load_inpainter(checkpoint=None, model: str = "celeba64", device: str = "cpu"):
+    """``(generator in eval mode, preprocessing dict, description)``: a training checkpoint (file or run
+    folder) when given, else the shipped model ``model`` from ``weights/`` (:mod:`csa_lib.pretrained`)."""
+    if checkpoint is not None:
+        from .train import load_checkpoint, load_generator
+
+        _need_file(checkpoint, "checkpoint")
+        generator, preset = load_generator(checkpoint, device=device)
+        step = int(load_checkpoint(checkpoint)["step"])
+        return generator, checkpoint_preprocessing(preset), f"checkpoint {checkpoint} ({preset.name}, step {step})"
+    from .pretrained import PretrainedError, load_pretrained
+
+    try:
+        generator = load_pretrained(model, device=device)
+    except PretrainedError as e:
+        raise CLIError(f"{e}; pass --checkpoint RUN/checkpoints/last.pt to use a model you trained") from None
+    return generator, generator.card["preprocessing"], f"shipped model {model} ({generator.card.get('file')})"
+
+
+def _is_mask_name(p: Path) -> bool:
+    return "_mask" in p.stem
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from .data import IMAGE_EXTENSIONS
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _masks_for(image: Path, mask_dir: Path, files: list[Path]) -> list[Path]:
+    """Masks of ``image`` in ``mask_dir``: ``<stem>_mask*.<ext>`` (LaMa's layout), else ``<stem>.<ext>``
+    when the masks have a folder of their own."""
+    found = [p for p in files if p.stem.startswith(image.stem + "_mask")]
+    if not found and mask_dir != image.parent:
+        found = [p for p in files if p.stem == image.stem]
+    return found
+
+
+def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path]]:
+    """``[(image, mask file or None (generated), output)]`` from the command line, every file checked
+    before any work starts."""
+    paths = [Path(p) for p in args.paths]
+    out = Path(args.output)
+    if args.mask is not None and args.masks is not None:
+        raise CLIError("give either --mask (center | irregular) or --masks DIR, not both")
+    if paths[0].is_dir():
+        if len(paths) > 1:
+            raise CLIError(f"folder mode takes one folder ({paths[0]}); give mask files with --masks DIR")
+        if out.is_file() or out.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            raise CLIError(f"-o {out}: in folder mode the output is a folder")
+        mask_dir = Path(args.masks) if args.masks is not None else paths[0]
+        if not mask_dir.is_dir():
+            raise CLIError(f"--masks {mask_dir}: no such folder")
+        images = [p for p in _image_files(paths[0]) if not _is_mask_name(p)]
+        if not images:
+            raise CLIError(f"no images found in {paths[0]}")
+        if args.mask is not None:
+            return [(p, None, out / f"{p.stem}.png") for p in images]
+        mask_files, jobs, missing = _image_files(mask_dir), [], []
+        for p in images:
+            masks = _masks_for(p, mask_dir, mask_files)
+            missing += [] if masks else [p.name]
+            jobs += [(p, m, out / f"{(m.stem if len(masks) > 1 else p.stem)}.png") for m in masks]
+        if missing:
+            raise CLIError(f"no mask for {len(missing)} image(s) in {mask_dir} (expected e.g. "
+                           f"{Path(missing[0]).stem}_mask.png): {', '.join(missing[:5])}")
+        return jobs
+    _need_file(paths[0], "image")
+    if args.masks is not None:
+        raise CLIError("--masks DIR is for folder mode; give one image's mask as the second argument")
+    if len(paths) > 2:
+        raise CLIError(f"expected IMAGE [MASK], got {len(paths)} paths (the checkpoint is --checkpoint)")
+    if (len(paths) == 2) == (args.mask is not None):
+        raise CLIError("give a mask: a file (IMAGE MASK), --mask center or --mask irregular")
+    if len(paths) == 2:
+        _need_file(paths[1], "mask")
+    return [(paths[0], paths[1] if len(paths) == 2 else None, out)]
+
+
+def _legacy_checkpoint(args) -> None:
+    """``csa inpaint CHECKPOINT IMAGE MASK`` (the old form): the first of three paths, or a ``.pt`` file
+    before an image, is the checkpoint."""
+    p = Path(args.paths[0])
+    if args.checkpoint is None and len(args.paths) >= 2 and (len(args.paths) == 3 or p.suffix in (".pt", ".pth")):
+        args.checkpoint, args.paths = args.paths[0], args.paths[1:]
+
+
+def cmd_inpaint(args) -> int:
+    from tqdm.auto import tqdm
+
+    _legacy_checkpoint(args)
+    jobs = inpaint_jobs(args)
+    # The first image and its mask file are read before the model: a bad input fails at once.
+    first = read_image(jobs[0][0])
+    first_mask = None if jobs[0][1] is None else _read_mask(jobs[0][1], tuple(first.shape[-2:]))
     _setup_threads(args)
-    generator, preset = load_generator(args.checkpoint, device=_device(args.device))
-    result = inpaint(generator, image, mask, preset.model.image_size)
-    print(f"wrote {save_image(result, args.output)} ({mask.mean():.0%} of the pixels filled)")
+    generator, pre, what = load_inpainter(args.checkpoint, args.model, _device(args.device))
+    if not args.quiet:
+        print(f"model: {what}; the network sees {pre['image_size']} px ({pre.get('resize', 'square')})")
+    bar = tqdm(jobs, desc="inpaint", unit="image", disable=args.quiet or len(jobs) == 1, ascii=True)
+    for n, (image_path, mask_path, out_path) in enumerate(bar):
+        image = first if n == 0 else read_image(image_path)
+        H, W = image.shape[-2:]
+        if n == 0 and first_mask is not None:
+            mask = first_mask
+        elif mask_path is None:
+            mask = generate_mask(args.mask, H, W, pre, seed=args.seed + n)
+        else:
+            mask = _read_mask(mask_path, (H, W))
+        result = inpaint(generator, image, mask, pre) if mask.any() else image
+        save_image(result, out_path)
+        if len(jobs) == 1:
+            print(f"wrote {out_path} ({float(mask.mean()):.0%} of the pixels filled)")
+    if len(jobs) > 1:
+        print(f"wrote {len(jobs)} images to {Path(args.output)}")
     return 0
 
 
@@ -556,12 +729,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     e.set_defaults(func=cmd_eval)
 
-    i = sub.add_parser("inpaint", help="fill the hole of one image")
-    i.add_argument("checkpoint")
-    i.add_argument("image", help="RGB image file")
-    i.add_argument("mask", help="binary mask file of the same size, white (255) = hole")
-    i.add_argument("-o", "--output", required=True, help="output image file (PNG)")
+    i = sub.add_parser(
+        "inpaint", help="fill the holes of your own photos (the shipped face model, or a checkpoint)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fill holes in images of any size. Without --checkpoint, the shipped model\n"
+                    "(weights/, see csa_lib.pretrained) is used. The network sees only the part it was\n"
+                    "trained on (the face model: the square centre crop, resized to 64 px); its output is\n"
+                    "resized back and pasted at the input's size, and only hole pixels change: known\n"
+                    "pixels are written unchanged. EXIF orientation is applied to images and masks.",
+        epilog=textwrap.fill("Masks: " + MASK_RULE + ".", 88) + "\n\nExamples:\n"
+               "  csa inpaint photo.jpg mask.png -o filled.png\n"
+               "  csa inpaint photo.jpg --mask irregular --seed 3 -o filled.png\n"
+               "  csa inpaint photos/ -o filled/          # photos/x.png with photos/x_mask.png beside it\n"
+               "  csa inpaint photos/ --masks masks/ -o filled/\n"
+               "  csa inpaint photo.png mask.png --checkpoint runs/demo/checkpoints/last.pt -o out.png")
+    i.add_argument("paths", nargs="+", metavar="PATH",
+                   help="IMAGE MASK (two files), IMAGE with --mask, or a FOLDER of images")
+    i.add_argument("-o", "--output", required=True, help="output image (PNG), or output folder in folder mode")
+    i.add_argument("--mask", choices=("center", "irregular"),
+                   help="generate the hole instead of reading it: the centre square, or free-form strokes")
+    i.add_argument("--seed", type=int, default=0, help="seed of --mask irregular (folder mode: seed + index)")
+    i.add_argument("--masks", metavar="DIR", help="folder mode: masks in their own folder (<stem>_mask*.png or <stem>.png)")
+    i.add_argument("--checkpoint", help="a training checkpoint (file or run folder) instead of the shipped model")
+    i.add_argument("--model", default="celeba64", help="which shipped model (default celeba64)")
     i.add_argument("--device", help="auto | cpu | cuda")
+    i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     i.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     i.set_defaults(func=cmd_inpaint)
 
