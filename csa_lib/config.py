@@ -5,7 +5,8 @@ One place for every number that a run depends on. The CLI, the notebooks and the
 
 Presets
 -------
-- ``smoke``:    CPU, tiny (32-px images, 8 base channels, a handful of steps). Seconds. Used by tests.
+- ``smoke``:    tiny (32-px images, 8 base channels, a handful of steps); device "auto" like every preset
+                (a test that needs the CPU sets ``train.device``). Seconds. Used by tests.
 - ``demo``:     the embedded scikit-image photos, 64 px, a few minutes on a laptop CPU. ``make demo``.
 - ``celeba64``: a CelebA folder such as ``../shared/data/celeba_10k`` (centre crop, resize to 64),
                 first 9,000 images to train, last 1,000 to evaluate, NVIDIA irregular masks.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +160,7 @@ def _smoke() -> Preset:
         model=ModelConfig(image_size=32, base_channels=8),
         loss=LossConfig(vgg_weights="none"),
         train=TrainConfig(batch_size=2, steps=4, decay_start=2, log_every=1, sample_every=2,
-                          ckpt_every=2, device="cpu", out_dir="runs/smoke"),
+                          ckpt_every=2, out_dir="runs/smoke"),
     )
 
 
@@ -219,6 +221,43 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     preset = PRESETS[name]()
     for key, value in overrides.items():
         apply_override(preset, key, value)
+    return preset
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter (IPython) kernel. There DataLoader workers are avoided: forking a process that
+    runs the kernel's threads (ZMQ, heartbeat) can hang, and /dev/shm in a container is often too small."""
+    return "ipykernel" in sys.modules
+
+
+def missing_files(preset: Preset) -> list[str]:
+    """What ``preset`` reads from disk that is not there: its image folder, its mask folder (masks="folder")
+    and its VGG16 weights file (a path, not "auto" / "none" / "torchvision"). [] = ready to train."""
+    need = []
+    if preset.data.root is not None:
+        need.append(("image folder", preset.data.root))
+    if preset.data.masks == "folder" and preset.data.mask_dir is not None:
+        need.append(("mask folder", preset.data.mask_dir))
+    vgg = preset.loss.vgg_weights
+    if vgg not in ("auto", "none", "torchvision"):
+        head, sep, tail = vgg.rpartition(":")
+        need.append(("VGG16 weights", head if sep and tail in ("caffe", "torchvision") else vgg))
+    return [f"{what} {path}" for what, path in need if not Path(path).expanduser().exists()]
+
+
+def notebook_preset(name: str = "celeba64", fallback: str = "demo", **overrides: Any) -> Preset:
+    """The preset a notebook's full profile trains: ``name`` when every file it reads exists (for celeba64:
+    the CelebA folder, the NVIDIA masks and the VGG16 file; see :func:`missing_files`), else ``fallback``,
+    with one printed line naming what is missing. Inside a Jupyter kernel ``data.num_workers`` is 0
+    (:func:`in_jupyter`). ``overrides`` (dotted keys, as in :func:`get_preset`) apply to the chosen preset.
+    """
+    missing = missing_files(get_preset(name))
+    if missing:
+        print(f"preset {name!r} needs {'; '.join(missing)}: using {fallback!r} instead")
+        name = fallback
+    preset = get_preset(name, **overrides)
+    if in_jupyter():
+        preset.data.num_workers = 0
     return preset
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -553,31 +554,82 @@ def _np(t: Tensor):
 
 
 def _triton_chain_forward(q, k, count, paper):
+    """m [B,T,C], s, d, a, b [B,T] by the Triton chain; the torch chain if Triton fails at its first launch."""
     g, s = _scores(q, k, paper)
-    m, d, a, b = _triton().chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
+    tri, key = _triton(), ("forward", bool(paper), q.shape[-1], q.dtype, q.device.type)
+    if tri is not None:
+        try:
+            m, d, a, b = tri.chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
+            _TRITON_LAUNCHED.add(key)
+            return m, s, d, a, b
+        except Exception as err:  # a compile error (or out of resources) surfaces at the first launch
+            if key in _TRITON_LAUNCHED:
+                raise
+            _triton_failed("forward", err)
+    valid = torch.arange(q.shape[1], device=q.device) < count[:, None]
+    m, d, a, b = _chain_torch(*_sanitise_padding(k, g, s, valid), valid, paper)
     return m, s, d, a, b
 
 
 def _triton_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
-    g, _ = _scores(q, k, paper)
-    gk, gg, gs = _triton().chain_backward(gm, k, g, s, m, d, a, b, count, paper, NORM_EPS, GUARD_EPS)
-    return _score_grads(q, k, gk, gg, gs, paper)
+    """dL/dq, dL/dk [B,T,C] by the Triton reverse recurrence; autograd through the torch chain if Triton
+    fails at its first backward launch (or failed in this layer's forward)."""
+    tri, key = _triton(), ("backward", bool(paper), q.shape[-1], q.dtype, q.device.type)
+    if tri is not None:
+        try:
+            g, _ = _scores(q, k, paper)
+            gk, gg, gs = tri.chain_backward(gm, k, g, s, m, d, a, b, count, paper, NORM_EPS, GUARD_EPS)
+            _TRITON_LAUNCHED.add(key)
+            return _score_grads(q, k, gk, gg, gs, paper)
+        except Exception as err:
+            if key in _TRITON_LAUNCHED:
+                raise
+            _triton_failed("backward", err)
+    return _chain_backward_torch(gm, q, k, count, paper)
+
+
+def _chain_backward_torch(gm, q, k, count, paper):
+    """The true dL/dq, dL/dk [B,T,C] of the chain from dL/dm [B,T,C], by autograd through the torch chain
+    (the exact fallback of the Triton backward). Padded steps of gm are ignored, as the kernel does."""
+    T = q.shape[1]
+    if T == 0:
+        return torch.zeros_like(q), torch.zeros_like(k)
+    valid = torch.arange(T, device=q.device) < count[:, None]
+    with torch.enable_grad():
+        q_, k_ = q.detach().requires_grad_(), k.detach().requires_grad_()
+        g, s = _scores(q_, k_, paper)
+        m = _chain_torch(*_sanitise_padding(k_, g, s, valid), valid, paper)[0]
+        dq, dk = torch.autograd.grad(m, (q_, k_), gm * valid[..., None])
+    return dq, dk
 
 
 _KERNELS = None
 _TRITON = None
+_TRITON_LAUNCHED: set = set()  # (stage, paper, C, dtype, device type) the Triton kernels already ran for
 
 
 def _triton():
-    """Import the Triton kernels once (triton is optional; None when it is missing or broken)."""
+    """Import the Triton kernels once (triton is optional): None when it is missing or broken, with one
+    warning that names the error (the layer then uses the torch chain, correct but much slower)."""
     global _TRITON
     if _TRITON is None:
         try:
             from csa_lib import _csa_triton
             _TRITON = _csa_triton
-        except Exception:  # ImportError, or a triton build that fails at import time
+        except Exception as err:  # ImportError, or a triton build that fails at import time
             _TRITON = False
+            warnings.warn(f"CSA: the Triton chain is unavailable ({type(err).__name__}: {err}); "
+                          "the torch chain is used instead (same result, much slower)", RuntimeWarning,
+                          stacklevel=2)
     return _TRITON or None
+
+
+def _triton_failed(stage: str, err: Exception) -> None:
+    """Turn the Triton chain off for this process after it failed at its first launch, with a warning."""
+    global _TRITON
+    _TRITON = False
+    warnings.warn(f"CSA: the Triton chain failed at its first {stage} launch ({type(err).__name__}: {err}); "
+                  "falling back to the torch chain for the rest of this process", RuntimeWarning, stacklevel=3)
 
 
 def _kernels():

@@ -22,6 +22,14 @@ What the trainer adds around that step:
   written, so the last good checkpoint stays intact;
 - logs: a tqdm bar, ``log.jsonl`` (one JSON object per logged step), TensorBoard when installed, and sample
   grids (input | coarse | refined | composite | ground truth) under ``samples/``.
+
+Determinism. On the CPU a killed and resumed run ends bit-identical to an uninterrupted one (tested). On
+CUDA what resumes exactly is the state: the data order, the masks and flips, the RNG states, the step
+and the schedule; the arithmetic does not repeat bit for bit, even between two fresh runs: the training
+steps run with cuDNN autotuning (``cudnn.benchmark``: the algorithm can differ between processes) and
+TF32 matmuls (:func:`cuda_speed_flags`), and atomic-add kernels (``scatter_add`` in the CSA backward,
+index backward) sum in a varying order. So a resumed CUDA run follows the uninterrupted one closely, not
+exactly. The speed flags are set only around the trainer's own steps and restored after each one.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +48,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import Preset
+from .config import Preset, in_jupyter
 
 CKPT_DIR = "checkpoints"
 #: Shown on the progress bar (the rest goes to log.jsonl / TensorBoard).
@@ -68,6 +76,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available (use device=cpu or auto)")
     return torch.device(name)
+
+
+@contextmanager
+def cuda_speed_flags(device: torch.device):
+    """On CUDA, cuDNN autotuning (``cudnn.benchmark``) and TF32 fp32 matmuls (precision "high") for the
+    block, the previous settings restored after it; elsewhere nothing. Scoped rather than set once: both
+    are process-wide switches, and fp32 work after training in the same process (evaluation, a notebook's
+    comparisons, tests) must not inherit them."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    prev = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time and pick its kernels
+    torch.set_float32_matmul_precision("high")  # fp32 matmuls outside autocast may use TF32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev[0]
+        torch.set_float32_matmul_precision(prev[1])
 
 
 def cpu_has_native_bf16() -> bool:
@@ -376,11 +403,6 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp = amp_dtype(cfg.amp, self.device)
         self.out_dir = Path(cfg.out_dir)
-        if self.device.type == "cuda":
-            # Fixed input sizes: let cuDNN pick the fastest kernels; fp32 matmuls outside autocast may
-            # use TF32. (Exact resume is promised on the CPU only.)
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
         seed_everything(cfg.seed)  # model initialisation is a function of the seed
 
         self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
@@ -503,7 +525,12 @@ class Trainer:
         return norm
 
     def train_step(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-        """One D step then one G step on ``image [B,3,H,W]`` in [-1,1] and ``mask [B,1,H,W]`` (1 = hole)."""
+        """One D step then one G step on ``image [B,3,H,W]`` in [-1,1] and ``mask [B,1,H,W]`` (1 = hole),
+        with the CUDA speed flags on for the step only (:func:`cuda_speed_flags`)."""
+        with cuda_speed_flags(self.device):
+            return self._train_step(image, mask)
+
+    def _train_step(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         with self._autocast():
             out = self.G(image, mask)
 
@@ -547,8 +574,9 @@ class Trainer:
         """Batches for steps ``self.step .. steps-1`` in the order fixed by (seed, images seen)."""
         cfg = self.preset.train
         sampler = StepBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, self.step, cfg.steps)
-        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler,
-                          num_workers=self.preset.data.num_workers,
+        # No worker processes inside a Jupyter kernel (see config.in_jupyter); same batches either way.
+        workers = 0 if in_jupyter() else self.preset.data.num_workers
+        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
