@@ -294,6 +294,7 @@ def official_preset(model_cfg: ModelConfig) -> Preset:
     preset.name = "official-import"
     preset.model = model_cfg
     preset.data.image_size = model_cfg.image_size
+    preset.data.hole_size = None  # the official 120/256 of the image side, at any size
     preset.loss.mode, preset.loss.consistency = "official", "official_mean"
     preset.train.batch_size = 1
     return preset

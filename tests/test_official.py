@@ -313,7 +313,7 @@ def test_wrong_image_size(small_folder):
 # csa import-official -> load_generator / csa inpaint / csa eval's loader
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("semantics", ["official", "paper"])
-def test_import_official_cli(small_folder, tmp_path, semantics):
+def test_import_official_cli(small_folder, tmp_path, semantics, capsys):
     from PIL import Image
 
     folder, (G, _, _) = small_folder
@@ -337,6 +337,11 @@ def test_import_official_cli(small_folder, tmp_path, semantics):
     source = torch.from_numpy(np.asarray(Image.open(img)).copy())
     known = torch.from_numpy(m.numpy() == 0)
     assert torch.equal(filled[known], source[known])  # only the hole was filled
+
+    capsys.readouterr()
+    assert main(["eval", str(out), "--max-images", "2", "--batch-size", "2", "-q"]) == 0
+    report = capsys.readouterr().out
+    assert "composited" in report and "2 images" in report
 
 
 def test_import_official_function(small_folder, tmp_path):
