@@ -4,6 +4,7 @@
               [--resume] [--set section.field=value ...]
     csa eval CHECKPOINT [--data DIR] [--masks DIR] [--range START:STOP]
     csa inpaint IMAGE MASK -o OUT.png [--checkpoint CKPT]  # or --mask center|irregular; or a folder
+    csa weights                                  # fetch VGG16 / Inception weights via torchvision
     csa import-official FOLDER [--epoch E] [--image-size N] [--semantics official|paper] -o FILE
     csa demo                                     # what `make demo` runs
 
@@ -16,6 +17,7 @@ import argparse
 import ast
 import os
 import sys
+import textwrap
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -128,6 +130,7 @@ def train_overrides(args, preset: Preset) -> dict[str, Any]:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .train import Trainer, has_checkpoint, resolve_device
 
     _setup_threads(args)
@@ -136,20 +139,26 @@ def cmd_train(args) -> int:
     out_dir = Path(ov.get("train.out_dir", preset.train.out_dir))
     if "train.device" in ov:
         resolve_device(ov["train.device"])  # an unknown or absent device: one line, before any work
-    if args.resume:
-        trainer = Trainer.resume(out_dir, ov, progress=not args.quiet)
-        print(f"resuming {out_dir} at step {trainer.step}")
-    else:
-        # Also a run whose last save was cut between next.pt and last.pt: never start it over silently.
-        if has_checkpoint(out_dir):
-            raise CLIError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
-                           "or --out to start a new run")
-        for key, value in ov.items():
-            apply_override(preset, key, value)
-        trainer = Trainer(preset, progress=not args.quiet)
-    result = trainer.fit()
-    trainer.close()
-    print(_train_summary(trainer, result))
+    # Started by torchrun (WORLD_SIZE set): every rank runs this same command inside one process group
+    # (csa_lib.distributed); without torchrun this is a plain single-process run.
+    with distributed.process_group(ov.get("train.device", "auto" if args.resume else preset.train.device)):
+        main = distributed.is_main()
+        if args.resume:
+            trainer = Trainer.resume(out_dir, ov, progress=not args.quiet)
+            if main:
+                print(f"resuming {out_dir} at step {trainer.step}")
+        else:
+            # Also a run whose last save was cut between next.pt and last.pt: never start it over silently.
+            if has_checkpoint(out_dir):
+                raise CLIError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
+                               "or --out to start a new run")
+            for key, value in ov.items():
+                apply_override(preset, key, value)
+            trainer = Trainer(preset, progress=not args.quiet)
+        result = trainer.fit()
+        trainer.close()
+        if main:
+            print(_train_summary(trainer, result))
     return 0
 
 
@@ -655,6 +664,23 @@ def cpu_threads(requested: int | None = None) -> int:
     return max(1, min(n, round(n - busy)))
 
 
+def _thread_environment(args) -> None:
+    """Fix every OpenMP runtime's thread count (and passive waiting) before torch or numba loads one.
+
+    A process holds two OpenMP runtimes: torch's and the system libgomp that numba's kernels use. Each
+    reads ``OMP_NUM_THREADS`` once, when it loads; ``torch.set_num_threads`` reaches only the first. With
+    the other left at one thread per core, and OpenMP threads spinning at barriers while another process
+    holds a core, ``csa train --threads 1`` on a busy 2-core machine ran 3-5x slower (measured: 10 s
+    instead of 38 s of CPU for the same benchmark steps, benchmarks/RESULTS.md). Values the user set win.
+    """
+    if "torch" in sys.modules or not hasattr(args, "threads"):
+        return  # called as a library after torch was loaded: too late to matter
+    n = os.environ.get("OMP_NUM_THREADS") or str(cpu_threads(args.threads))
+    os.environ.setdefault("OMP_NUM_THREADS", n)
+    os.environ.setdefault("NUMBA_NUM_THREADS", n)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _setup_threads(args) -> None:
     import torch
 
@@ -800,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed usage and the message
         return int(e.code or 0)
+    _thread_environment(args)
     try:
         return int(args.func(args) or 0)
     except Exception as e:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .config import SHARED_ROOT
@@ -65,20 +65,46 @@ def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
     return files
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as PIL RGB. Grayscale, palette and RGBA images are converted (alpha is dropped).
-    Raises ``FileNotFoundError`` / ``OSError`` naming the file."""
+def load_image(path: str | Path, mode: str = "RGB", what: str = "image") -> Image.Image:
+    """Open an image file as an 8-bit PIL image in ``mode`` (``"RGB"`` for photos, ``"L"`` for masks).
+
+    - Palette and RGBA images are converted (alpha is dropped).
+    - High bit depth is scaled, not clipped: 16-bit greyscale (PIL ``I;16``) and 32-bit integer images
+      are divided by 257 (0..65535 -> 0..255); float images (``F``, e.g. float TIFF) are taken as 0..1
+      (as 0..255 when their maximum is above 1). 16-bit RGB PNGs already arrive as 8-bit RGB from PIL.
+    - The EXIF orientation is applied (``ImageOps.exif_transpose``): a photo and a mask drawn on the
+      photo as a viewer shows it end up the same way round.
+    - The whole file is decoded here, so a truncated or corrupt file, or one over PIL's
+      decompression-bomb limit, raises ``OSError("cannot read <what> <path>: ...")`` (one line, naming
+      the file); a missing file raises ``FileNotFoundError`` naming it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so truncated files fail here and not later
-            if im.mode == "P":
-                im = im.convert("RGBA")  # palette images may carry transparency
-            return im.convert("RGB")
+            im = ImageOps.exif_transpose(im)
+            return _to_8bit(im).convert(mode)
     except Exception as e:  # PIL raises many different types for bad files
-        raise OSError(f"cannot read image {path}: {e}") from e
+        reason = " ".join(str(e).replace(f"'{path}'", "").split()) or type(e).__name__  # the path once
+        raise OSError(f"cannot read {what} {path}: {reason}") from e
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A PIL image in an 8-bit mode (L, RGB, RGBA, ...), high bit depths scaled to 0..255."""
+    if im.mode == "P":
+        return im.convert("RGBA")  # palette images may carry transparency
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.float64)
+        # 32-bit "I" images from 8-bit sources hold 0..255; 16-bit sources (and I;16) 0..65535.
+        scale = 1.0 if im.mode == "I" and arr.max(initial=0) <= 255 else 257.0
+        return Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+    return im
 
 
 def celeba_split_files(root: str | Path, split: str = "train") -> list[Path]:
@@ -256,7 +282,8 @@ class InpaintingDataset(Dataset):
                 if self.on_error == "raise":
                     raise
                 self._bad.add(j)
-                warnings.warn(f"skipping unreadable image ({e})", stacklevel=3)
+                warnings.warn(f"skipping unreadable image ({e}); {len(self._bad)} of {len(self.files)} "
+                              "files skipped so far", stacklevel=3)
         raise RuntimeError(f"no readable image among the {len(self.files)} files of {self.root}")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,7 +419,8 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
 
     ``data_cfg.root`` None = the embedded photos (``EmbeddedDataset``). Otherwise the layout's sorted file
     list, sliced by ``train_range`` / ``eval_range``. Eval: fixed masks from ``data_cfg.eval_seed``, no flip
-    and no mask augmentation.
+    and no mask augmentation. Train: unreadable files are skipped with a warning unless
+    ``data_cfg.skip_bad_images`` is False (``csa train --strict-images``).
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -406,5 +434,26 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
         seed = None if train else seed + start
         return EmbeddedDataset(data_cfg.image_size, source, n=stop - start, seed=seed, flip=flip)
     files = _slice(_layout_files(data_cfg, split), rng)
+    # Training skips an unreadable file (with a warning naming it) rather than ending a long run at
+    # the step that reaches it; evaluation always raises, so that scores never silently cover fewer images.
+    on_error = "skip" if train and getattr(data_cfg, "skip_bad_images", True) else "raise"
     return InpaintingDataset(data_cfg.root, data_cfg.image_size, source, resize=data_cfg.resize,
-                             files=files, flip=flip, seed=seed, crop_top=getattr(data_cfg, "crop_top", None))
+                             files=files, flip=flip, seed=seed, crop_top=getattr(data_cfg, "crop_top", None),
+                             on_error=on_error)
+
+
+#: The face in scikit-image's ``astronaut`` photo (NASA, public domain) as (left, top, right, bottom),
+#: framed like the ``celeba64`` crops (forehead to chin, hair at the sides).
+ASTRONAUT_FACE_BOX = (160, 45, 320, 205)
+
+
+def astronaut_face(size: int = 64) -> torch.Tensor:
+    """A real face that ships with scikit-image: ``[3, size, size]`` in [-1, 1] (bicubic resize).
+
+    Used where a face is needed without any dataset (tests, notebooks, ``make demo``): the shipped
+    CelebA-64 model expects faces framed like this.
+    """
+    from skimage import data as skdata
+
+    img = Image.fromarray(skdata.astronaut()).crop(ASTRONAUT_FACE_BOX)
+    return to_tensor(img.resize((size, size), Image.BICUBIC))

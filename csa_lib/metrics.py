@@ -315,7 +315,10 @@ def _pick_output(out, stage: str) -> tuple[Tensor, str]:
 
 
 def _bin_function(masks_by_bin) -> Callable[[Tensor], str] | None:
-    if masks_by_bin in (None, False):
+    if isinstance(masks_by_bin, (list, tuple)):  # one label per sample, in dataset order
+        labels = iter(masks_by_bin)
+        return lambda mask: next(labels)
+    if masks_by_bin is None or masks_by_bin is False:
         return None
     if masks_by_bin in (True, "hole_ratio"):
         return hole_ratio_bin
@@ -344,8 +347,9 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
     models evaluated on it see the same holes. ``generator`` returns a ``[B,3,H,W]`` tensor or an object
     with ``.refined``/``.coarse`` (``stage`` picks which). ``composite=True`` scores the composited image
     (prediction inside the hole only), ``False`` the raw output. ``masks_by_bin``: None (one "all" row),
-    ``"hole_ratio"`` (10 % bins of each mask's hole ratio, as for the NVIDIA masks) or a callable
-    ``mask [1,H,W] -> label``. ``masks``/``split`` are descriptions copied into the result for the table.
+    ``"hole_ratio"`` (10 % bins of each mask's hole ratio, as for the NVIDIA masks), a callable
+    ``mask [1,H,W] -> label``, or a list of labels, one per sample in dataset order (e.g.
+    :attr:`BinnedMaskProtocol.labels`). ``masks``/``split`` are descriptions copied into the result for the table.
     ``fid``: None (no FID), ``"auto"`` or a weights path (see :func:`load_inception`), or a loaded feature
     network; then ``result.extra["fid"]`` is the FID between the ground truth and the scored outputs of
     the whole set (one number, not per bin).
@@ -495,3 +499,48 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | None = No
     return evaluate(generator, dataset, batch_size=batch_size, device=device, masks_by_bin=masks_by_bin,
                     composite=composite, max_images=max_images, progress=progress,
                     masks=describe_masks(cfg), split=describe_split(cfg, n), fid=fid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed masks per hole-ratio bin (the protocol of the trained-model results)
+# --------------------------------------------------------------------------------------------------
+NVIDIA_BINS = ("0-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%")
+
+
+class BinnedMaskProtocol(torch.utils.data.Dataset):
+    """Fixed ``(image, mask)`` pairs with an equal share of images in every hole-ratio bin.
+
+    Image ``j`` of ``images`` (a dataset yielding ``(image [3,H,W] in [-1,1], anything)``; its own masks
+    are ignored) gets bin ``bins[j % len(bins)]`` and a mask file drawn without replacement from that
+    bin of ``mask_folder`` (a :class:`csa_lib.masks.MaskFolder`, read as is: no flips, nearest-resized),
+    by a generator seeded with ``seed``. So every model, and every baseline, sees exactly the same holes.
+    The bin of a mask is its hole ratio at the file's own resolution (the NVIDIA convention).
+
+    ``ds[j] -> (image [3,H,W], mask [1,H,W] float, 1 = hole)``; ``ds.labels[j]`` is the bin label and
+    ``ds.mask_index[j]`` the mask file's index in the folder.
+    """
+
+    def __init__(self, images, mask_folder, bins=NVIDIA_BINS, seed: int = 1234):
+        self.images, self.masks, self.bins = images, mask_folder, tuple(bins)
+        g = torch.Generator().manual_seed(seed)
+        n = len(images)
+        pools = {}
+        for b in self.bins:
+            pool = mask_folder.indices_in_bin(b)
+            need = len(range(self.bins.index(b), n, len(self.bins)))
+            if len(pool) < need:
+                raise ValueError(f"mask folder {mask_folder.root} has {len(pool)} masks in bin {b}, "
+                                 f"the protocol needs {need}")
+            pools[b] = [pool[int(k)] for k in torch.randperm(len(pool), generator=g)[:need]]
+        self.labels = [self.bins[j % len(self.bins)] for j in range(n)]
+        self.mask_index = [pools[b][j // len(self.bins)] for j, b in enumerate(self.labels)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, j: int):
+        return self.images[j][0], self.masks[self.mask_index[j]]
+
+    def describe(self) -> str:
+        return (f"folder {Path(str(self.masks.root)).name}: {len(self) // len(self.bins)}+ fixed masks "
+                f"per bin {', '.join(self.bins)} (file ratio bins)")

@@ -1,0 +1,58 @@
+"""Baselines without learning and the fixed-mask-per-bin protocol."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csa_lib.baselines import biharmonic_inpaint, mean_fill
+from csa_lib.masks import MaskFolder
+from csa_lib.metrics import BinnedMaskProtocol, evaluate, results_table
+
+
+def test_biharmonic_keeps_known_pixels_and_fills_a_smooth_ramp():
+    # A linear ramp is biharmonic: the solver must reproduce it inside the hole almost exactly.
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(2, 3, 32, 32).clone()
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:24, 8:24] = 1
+    mask[1, :, 4:12, 20:30] = 1
+    out = biharmonic_inpaint(ramp, mask)
+    assert torch.equal(out * (1 - mask), ramp * (1 - mask))
+    assert (out - ramp).abs().max() < 1e-3
+    flat = mean_fill(ramp, mask)
+    assert ((flat - ramp).abs() * mask).sum() > 10 * ((out - ramp).abs() * mask).sum()
+
+
+def test_mean_fill_uses_the_known_mean():
+    img = torch.zeros(1, 3, 4, 4)
+    img[..., :, :2] = 1.0
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 0, 0] = mask[..., 0, 3] = 1
+    out = mean_fill(img, mask)
+    # known: 14 pixels, 7 of them 1.0 (columns 0-1 minus the hole at (0, 0)) -> mean 7/14
+    assert out[0, 0, 0, 0].item() == pytest.approx(7 / 14) and out[0, 0, 1, 0].item() == 1.0
+
+
+def _mask_folder(root, ratios):
+    for i, r in enumerate(ratios):
+        arr = np.zeros((20, 20), np.uint8)
+        arr.flat[: round(r * 400)] = 255
+        Image.fromarray(arr).save(root / f"{i:03d}.png")
+    return MaskFolder(root, 20, augment=False)
+
+
+def test_binned_protocol_is_fixed_and_balanced(tmp_path):
+    folder = _mask_folder(tmp_path, [0.05] * 4 + [0.15] * 4 + [0.35] * 3)
+    images = [(torch.full((3, 20, 20), i / 10.0), None) for i in range(9)]
+    bins = ("0-10%", "10-20%", "30-40%")
+    p = BinnedMaskProtocol(images, folder, bins=bins, seed=3)
+    q = BinnedMaskProtocol(images, folder, bins=bins, seed=3)
+    assert p.labels == list(bins) * 3 and p.mask_index == q.mask_index
+    assert len(set(p.mask_index)) == 9  # drawn without replacement
+    for j in range(len(p)):
+        image, mask = p[j]
+        assert torch.equal(image, images[j][0]) and folder.ratio_bin(p.mask_index[j]) == p.labels[j]
+    res = evaluate(mean_fill, p, batch_size=4, masks_by_bin=p.labels, progress=False)
+    assert res.bins == p.labels and set(res.summary()) == set(bins) | {"all"}
+    assert "N" in results_table(res)
+    with pytest.raises(ValueError, match="has 4 masks in bin 0-10%, the protocol needs 6"):
+        BinnedMaskProtocol(images * 2, folder, bins=bins)
