@@ -128,3 +128,19 @@ def test_shipped_model_beats_biharmonic_on_held_out_faces():
     model = evaluate(load_pretrained("celeba64"), protocol, **kw).summary()["all"]
     floor = evaluate(biharmonic_inpaint, protocol, **kw).summary()["all"]
     assert model["psnr"] > floor["psnr"] and model["l1"] < floor["l1"], (model, floor)
+
+
+def test_demo_shows_the_shipped_model(exported, tmp_path, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import csa_lib.pretrained as pretrained
+    from csa_lib.cli import shipped_model_demo
+
+    weights_dir, _ = exported
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights_dir)
+    paths = shipped_model_demo(tmp_path)
+    assert paths["shipped"].is_file() and paths["shipped"].stat().st_size > 1000
+    assert "CSA (shipped)" in capsys.readouterr().out
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "none")
+    assert shipped_model_demo(tmp_path) == {}
