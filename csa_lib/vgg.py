@@ -81,8 +81,52 @@ def torchvision_cache_file() -> Path:
 
 
 def _download_torchvision_state_dict() -> dict[str, Tensor]:
-    """torchvision's normal API: reads its cache, or downloads once (needs internet)."""
-    return _torchvision_weights().get_state_dict(progress=True)
+    """torchvision's weights: its cache file, or downloaded once into the cache (needs internet).
+
+    torchvision's own ``get_state_dict`` unpickles with ``weights_only=False``, so a crafted file in the
+    cache would run code. Here the file is checked against the SHA-256 prefix in its name
+    (``vgg16-397923af.pth``: the hash starts with ``397923af``) and loaded with ``weights_only=True``.
+    """
+    cache = torchvision_cache_file()
+    if not cache.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(_torchvision_weights().url, str(cache), hash_prefix=_hash_prefix(cache),
+                                       progress=True)
+    return read_torchvision_cache(cache)
+
+
+def _hash_prefix(path: Path) -> str | None:
+    """The hash prefix that torchvision's file names carry: ``vgg16-397923af.pth`` -> ``397923af``."""
+    stem = path.name.split(".")[0]
+    prefix = stem.rpartition("-")[2]
+    return prefix if len(prefix) >= 8 and all(c in "0123456789abcdef" for c in prefix) else None
+
+
+def read_torchvision_cache(path: str | Path) -> dict[str, Tensor]:
+    """A torchvision weights file, after checking the SHA-256 prefix in its name; ``weights_only=True``.
+
+    Raises ``ValueError`` naming the file when the hash does not match or the file is not a plain state
+    dict (nothing in the file is executed either way).
+    """
+    import hashlib
+
+    path = Path(path)
+    want = _hash_prefix(path)
+    if want is not None:
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        if not sha.hexdigest().startswith(want):
+            raise ValueError(f"{path}: SHA-256 {sha.hexdigest()[:8]}... does not match the {want} in its name; "
+                             "not torchvision's file (delete it and let torchvision fetch it again)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"cannot read VGG16 weights from {path}: {' '.join(str(e).split())[:300]}") from e
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state dict (dict of tensors), got {type(sd).__name__}")
+    return sd
 
 
 _HOW_TO_PROVIDE = (

@@ -1,4 +1,5 @@
 """VGG16 feature taps: shapes, frozen weights, weight specs, conventions, offline error."""
+import hashlib
 import warnings
 
 import pytest
@@ -158,7 +159,10 @@ def test_torchvision_cache_is_used(tmp_path, monkeypatch):
     cache = vgg_mod.torchvision_cache_file()
     cache.parent.mkdir(parents=True)
     path = _save_random(tmp_path, blocks_only=False)
+    # The file name carries the start of its SHA-256 (as torchvision's vgg16-397923af.pth does): checked.
+    cache = cache.with_name(f"vgg16-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth")
     path.rename(cache)
+    monkeypatch.setattr(vgg_mod, "torchvision_cache_file", lambda: cache)
     monkeypatch.setenv("CSA_VGG_WEIGHTS", "/nonexistent.pth:caffe")  # must not be reached
     for spec in ("torchvision", "auto"):
         w = load_vgg16(spec)
