@@ -73,5 +73,12 @@ lab: setup
 bench: setup
 	$(PY) benchmarks/bench_csa.py
 
+# The GPU readiness check (benchmarks/gpu_check.py, parts a-e, report in runs/gpu_check/gpu_check.json):
+# about 8 minutes on CUDA; GPU_CHECK_ARGS=--smoke runs the same code on the CPU with tiny sizes. Parts d
+# and e read .gpu_data/ (python benchmarks/gpu_check.py --prepare-data copies it from ../shared).
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out runs/gpu_check $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf runs/ .pytest_cache build dist *.egg-info
