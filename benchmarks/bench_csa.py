@@ -8,6 +8,7 @@ Timings are medians over repeats after warm-up, wall clock, torch.set_num_thread
     python benchmarks/bench_csa.py                 # CPU (and CUDA when present), writes RESULTS.md
     python benchmarks/bench_csa.py --batch 1 --no-write
     python benchmarks/bench_csa.py --rounds 5       # median and spread over 5 rounds (noisy machines)
+    python benchmarks/bench_csa.py --oversubscribed # B=1 while other processes keep every core busy
 
 The table goes into benchmarks/RESULTS.md between the markers below (other sections are left alone).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import os
 import platform
 import statistics
@@ -27,6 +29,7 @@ from csa_lib.csa import CoherentSemanticAttention, available_chains, csa_referen
 from csa_lib.masks import center_mask, feature_mask, irregular_mask
 
 START, END = "<!-- bench_csa:start -->", "<!-- bench_csa:end -->"
+BUSY_START, BUSY_END = "<!-- bench_csa_busy:start -->", "<!-- bench_csa_busy:end -->"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -117,6 +120,53 @@ def measure(args) -> list[tuple]:
     return rows
 
 
+def _spin() -> None:
+    while True:  # one core's worth of other work
+        pass
+
+
+def oversubscribed(args) -> list[str]:
+    """B = 1 (centre mask, paper semantics, numba chain) timed on the machine as it is, then while
+    ``os.cpu_count()`` other processes spin, one per core. Three ways to run the kernels: the image split
+    over the threads (``CSA_SPLIT_IMAGES=1``, what the layer did before issue 12), one thread per image
+    (``=0``), and ``auto`` (split unless the 1-minute load average says the cores are busy)."""
+    from csa_lib import csa
+
+    device = torch.device("cpu")
+    x = torch.randn(1, 512, 32, 32, generator=torch.Generator().manual_seed(1))
+    hole = masks("centre", 1, device)
+    layer = CoherentSemanticAttention("paper", chain="numba")
+    modes = {"split over threads": "1", "one thread per image": "0", "auto": ""}
+
+    def run(load: str) -> list[str]:
+        out = []
+        for name, value in modes.items():
+            os.environ["CSA_SPLIT_IMAGES"] = value
+            fwd, fb = bench_layer(layer, x, hole, device, args.repeats)
+            busy = f" (busy: {csa._cores_busy()})" if not value else ""
+            out.append(f"| {load} | {name}{busy} | {fwd[0]:.2f} ({fwd[1]:.2f}) | {fb[0]:.2f} ({fb[1]:.2f}) |")
+            print(out[-1], flush=True)
+        os.environ.pop("CSA_SPLIT_IMAGES", None)
+        return out
+
+    lines = [f"Machine: {machine()}; torch.set_num_threads({args.threads}); load average before: "
+             f"{os.getloadavg()[0]:.1f}.",
+             "B = 1, 512 x 32 x 32, centre mask (T = 252), paper semantics, numba chain. Medians of "
+             f"{args.repeats} repeats in ms: wall clock (CPU time of this process).", "",
+             "| other load | kernels | forward ms (cpu) | fwd+bwd ms (cpu) |", "|---|---|---|---|"]
+    lines += run("as found")
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 1)]
+    for proc in spinners:
+        proc.start()
+    try:
+        time.sleep(args.busy_wait)  # let the 1-minute load average see the spinners (for "auto")
+        lines += run(f"{len(spinners)} spinning processes")
+    finally:
+        for proc in spinners:
+            proc.kill()
+    return lines
+
+
 def summarise(rounds: list[list[tuple]]) -> list[tuple]:
     """Per row: the median over rounds of each round's medians, and the [min, max] of the wall times."""
     out = []
@@ -150,14 +200,15 @@ def table(args, rows: list[tuple]) -> list[str]:
     return lines
 
 
-def write_section(lines: list[str], note: str, path: Path = RESULTS) -> None:
+def write_section(lines: list[str], note: str, path: Path = RESULTS, markers=(START, END),
+                  title: str = "CSA layer (benchmarks/bench_csa.py)") -> None:
     """Replace (or append) the bench_csa section of RESULTS.md, leaving other sections alone."""
-    body = "\n".join([START, "## CSA layer (benchmarks/bench_csa.py)", "", *([note, ""] if note else []),
-                      *lines, END])
+    start, end = markers
+    body = "\n".join([start, f"## {title}", "", *([note, ""] if note else []), *lines, end])
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + body + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + body + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + body + "\n"
     path.write_text(text)
@@ -177,8 +228,20 @@ def main():
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole measurement and report the median and spread over rounds "
                         "(timings on a shared virtual machine drift by tens of per cent within minutes)")
+    p.add_argument("--oversubscribed", action="store_true",
+                   help="only the B=1 layer with and without other processes spinning on every core")
+    p.add_argument("--busy-wait", type=float, default=60.0,
+                   help="seconds the spinners run before timing (the load average follows in about a minute)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.oversubscribed:
+        lines = oversubscribed(args)
+        print("\n".join(lines))
+        if args.write:
+            write_section(lines, args.note, markers=(BUSY_START, BUSY_END),
+                          title="CSA layer on a busy machine (bench_csa.py --oversubscribed)")
+            print(f"wrote {RESULTS}")
+        return
     rounds = []
     for r in range(args.rounds):
         print(f"round {r + 1} of {args.rounds}", flush=True)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from dataclasses import dataclass, fields
 
@@ -645,13 +646,43 @@ def _kernels():
 
 
 def _numba_threads(batch: int) -> int:
-    """Give the numba kernels torch's intra-op thread count (torch.set_num_threads governs both) and
-    return S, the number of channel ranges each image's streaming passes are split into: 1 when the
-    batch alone fills the threads, more for a batch smaller than the thread count (B = 1 on 2 cores
-    runs them on both cores; the chain itself stays one thread per image)."""
+    """Set the numba kernels' thread count and return S, the number of channel ranges each image's
+    streaming passes are split into: 1 when the batch alone fills torch's intra-op threads, more for a
+    batch smaller than the thread count (B = 1 on 2 cores: S = 2; the chain stays one thread per image).
+
+    The kernels run on torch's thread count (torch.set_num_threads governs both), except when a batch
+    smaller than it meets a busy machine (:func:`_cores_busy`): then one thread per image. A split image
+    makes every kernel wait at its barriers for the slowest thread, and with the cores taken by other
+    work that thread is often descheduled: B = 1 forward went from about 2 ms to 88 ms (issue 12). S
+    does not change with the thread count, so the S jobs of an image then run one after the other on
+    the same thread, with bit-identical results.
+    """
     threads = torch.get_num_threads()
+    split = max(1, threads // max(batch, 1))
+    if split > 1 and _cores_busy():
+        threads = max(1, batch)
     _kernels().use_threads(threads)
-    return max(1, threads // max(batch, 1))
+    return split
+
+
+_BUSY = {"t": -1.0, "busy": False}
+
+
+def _cores_busy() -> bool:
+    """True when other work keeps this machine's cores busy: the 1-minute load average is at least one
+    core above the core count (this process itself accounts for at most the core count). Read at most
+    once a second. ``CSA_SPLIT_IMAGES=1`` / ``=0`` forces the answer to not busy / busy."""
+    force = os.environ.get("CSA_SPLIT_IMAGES", "")
+    if force:
+        return force.lower() in ("0", "false", "no", "off")
+    now = time.monotonic()
+    if now - _BUSY["t"] > 1.0:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # not available (Windows): assume a machine of our own
+            load = 0.0
+        _BUSY.update(t=now, busy=load >= (os.cpu_count() or 1) + 1)
+    return _BUSY["busy"]
 
 
 class _OfficialBackward(torch.autograd.Function):
