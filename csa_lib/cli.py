@@ -4,6 +4,7 @@
               [--resume] [--set section.field=value ...]
     csa eval CHECKPOINT [--data DIR] [--masks DIR] [--range START:STOP]
     csa inpaint IMAGE MASK -o OUT.png [--checkpoint CKPT]  # or --mask center|irregular; or a folder
+    csa weights [vgg16] [inception_v3]           # fetch torchvision's weights (the one download)
     csa weights                                  # fetch VGG16 / Inception weights via torchvision
     csa import-official FOLDER [--epoch E] [--image-size N] [--semantics official|paper] -o FILE
     csa demo                                     # what `make demo` runs
@@ -168,7 +169,18 @@ def _train_summary(trainer, result: dict[str, Any]) -> str:
     return (f"{how}: step {result['step']}/{trainer.preset.train.steps}, "
             f"{result['elapsed_s'] / 60:.1f} min, {result['images_per_s']:.1f} images/s\n"
             f"  checkpoint: {result['checkpoint']}\n  log:        {out / 'log.jsonl'}\n"
-            f"  samples:    {out / 'samples'}")
+            f"  samples:    {out / 'samples'}" + _random_vgg_note(trainer))
+
+
+def _random_vgg_note(trainer) -> str:
+    """The warning of ``--vgg-weights auto`` falling back to random weights, repeated at the end of the
+    run (the first one scrolled away under the progress bar); empty otherwise."""
+    source = str(getattr(getattr(getattr(trainer, "criterion", None), "vgg", None), "source", ""))
+    if not source.startswith("random (spec 'auto'"):
+        return ""
+    return ("\n  WARNING: VGG16 had RANDOM weights (--vgg-weights auto found none), so the consistency loss "
+            "and the feature discriminator saw meaningless features. Run `csa weights` once online, or "
+            "pass --vgg-weights PATH.")
 
 
 def _need_dir(path, flag: str) -> None:
@@ -247,12 +259,13 @@ def _read_mask(path, size: tuple[int, int]):
     is an error naming both files' sizes.
     """
     import torch
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from .data import load_image
 
     _need_file(path, "mask")
-    grey = ImageOps.exif_transpose(load_image(path)).convert("L")  # EXIF: drawn on the photo as shown
+    # EXIF orientation applied (drawn on the photo as shown); a bad file is named as the mask.
+    grey = load_image(path, mode="L", what="mask")
     H, W = size
     if grey.size != (W, H):
         if abs(grey.size[0] * H - grey.size[1] * W) > 0.01 * W * H:
@@ -475,6 +488,9 @@ def cmd_inpaint(args) -> int:
             mask = generate_mask(args.mask, H, W, pre, seed=args.seed + n)
         else:
             mask = _read_mask(mask_path, (H, W))
+        if mask.all():
+            print(f"csa: warning: the mask of {image_path} covers the whole image: nothing is known to fill "
+                  "it from, so the output is the model's guess", file=sys.stderr)
         result = inpaint(generator, image, mask, pre) if mask.any() else image
         save_image(result, out_path)
         if len(jobs) == 1:
@@ -497,6 +513,56 @@ def cmd_import_official(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# csa weights
+# --------------------------------------------------------------------------------------------------
+def weight_urls() -> dict[str, str]:
+    """torchvision's ImageNet weights this project can use: VGG16 (the losses) and Inception-v3 (FID)."""
+    from torchvision.models import Inception_V3_Weights, VGG16_Weights
+
+    return {"vgg16": VGG16_Weights.IMAGENET1K_V1.url, "inception_v3": Inception_V3_Weights.IMAGENET1K_V1.url}
+
+
+def fetch_weights(names=("vgg16", "inception_v3"), progress: bool = True) -> dict[str, Path]:
+    """Fetch torchvision's weights into torchvision's own cache (``<torch hub dir>/checkpoints``), where
+    ``--vgg-weights auto`` and ``csa eval --fid`` look; this is the only command that downloads.
+
+    Every file, new or already there, is checked against the SHA-256 prefix in its name
+    (``vgg16-397923af.pth``) and read with ``weights_only=True``. Returns ``{name: path}``.
+    """
+    import torch
+
+    from .vgg import _hash_prefix, read_torchvision_cache
+
+    urls = weight_urls()
+    unknown = [n for n in names if n not in urls]
+    if unknown:
+        raise CLIError(f"unknown weights {', '.join(unknown)}; choose from {', '.join(urls)}")
+    paths = {}
+    for name in names:
+        url = urls[name]
+        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path), progress=progress)
+            except OSError as e:  # URLError and socket errors: offline, proxy, DNS
+                reason = getattr(e, "reason", None) or e
+                raise CLIError(f"cannot download {name} weights from {url} ({reason}); offline? Copy "
+                               f"{path.name} into {path.parent} by hand") from None
+            except RuntimeError as e:  # torch.hub's hash check
+                raise CLIError(f"{name} weights from {url}: {str(e).splitlines()[0]}") from None
+        read_torchvision_cache(path)  # hash and format check; a bad file raises ValueError naming it
+        paths[name] = path
+    return paths
+
+
+def cmd_weights(args) -> int:
+    for name, path in fetch_weights(args.names or ("vgg16", "inception_v3"), progress=not args.quiet).items():
+        print(f"{name:<13} {path} (SHA-256 prefix checked)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # csa demo
 # --------------------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
@@ -515,13 +581,14 @@ def cmd_demo(args) -> int:
         apply_override(preset, key, value)
     out = Path(args.out)
     t0 = time.perf_counter()
+    fit = None
     if has_checkpoint(out) and not args.retrain:
         done = int(load_checkpoint(out)["step"])
         if done >= preset.train.steps:
             print(f"found a finished demo run in {out} (step {done}); pass --retrain to train again")
         else:
             print(f"resuming the demo run in {out} at step {done}")
-            _fit(Trainer.resume(out, {"train.steps": preset.train.steps}, progress=not args.quiet))
+            fit = _fit(Trainer.resume(out, {"train.steps": preset.train.steps}, progress=not args.quiet))
     else:
         if args.retrain and out.exists():
             for name in ("last.pt", "prev.pt", "next.pt"):
@@ -531,12 +598,15 @@ def cmd_demo(args) -> int:
 
         print(f"training the demo preset ({preset.train.steps} steps, batch {preset.train.batch_size}, "
               f"{preset.data.image_size} px, {torch.get_num_threads()} CPU threads) -> {out}")
-        _fit(Trainer(preset, progress=not args.quiet))
+        fit = _fit(Trainer(preset, progress=not args.quiet))
     paths = demo_figures(out, device=_device(args.device))
     paths.update(shipped_model_demo(out))
     print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; figures:")
     for name, path in paths.items():
         print(f"  {name:<12} {path}")
+    if fit is not None and fit["stopped"] == "time_budget":
+        print(f"note: the time budget stopped training at step {fit['step']}/{preset.train.steps} (the figures "
+              "show that model); run `make demo` (or `csa demo`) again to continue this run where it stopped")
     return 0
 
 
@@ -580,10 +650,11 @@ def shipped_model_demo(out_dir, n_masks: int = 4) -> dict[str, Path]:
     return {"shipped": _savefig(fig, Path(out_dir) / "shipped_model_face.png")}
 
 
-def _fit(trainer) -> None:
+def _fit(trainer) -> dict[str, Any]:
     result = trainer.fit()
     trainer.close()
     print(_train_summary(trainer, result))
+    return result
 
 
 def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
@@ -834,6 +905,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSA layer forward: the official code's similarities (default) or the paper's")
     o.add_argument("-o", "--output", required=True, help="checkpoint file to write (.pt)")
     o.set_defaults(func=cmd_import_official)
+
+    w = sub.add_parser("weights", help="fetch torchvision's VGG16 and Inception-v3 weights (needs internet)",
+                       description="Download torchvision's ImageNet weights into torchvision's cache, where "
+                                   "--vgg-weights auto and csa eval --fid find them, checking each file's "
+                                   "SHA-256 prefix. Nothing else in this project downloads.")
+    w.add_argument("names", nargs="*", metavar="NAME", help="vgg16 and/or inception_v3 (default: both)")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=cmd_weights)
 
     d = sub.add_parser("demo", help="train the demo preset on the embedded photos and write figures")
     d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

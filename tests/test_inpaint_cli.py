@@ -262,3 +262,77 @@ def test_real_shipped_model_inpaints_a_photo(tmp_path):
     hole = generate_mask("center", a.shape[0], a.shape[1],
                          pretrained.read_card()["preprocessing"])[0].numpy() > 0
     assert a.shape == b.shape and np.array_equal(a[~hole], b[~hole]) and not np.array_equal(a[hole], b[hole])
+
+
+# --------------------------------------------------------------------------------------------------
+# csa weights, and the notes at the end of a run
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """torch.hub's cache in a temporary folder, and no real download: each test says what happens."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_weights_offline_is_one_line(hub, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert main(["weights", "vgg16", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot download vgg16" in err[0] and "by hand" in err[0]
+    assert main(["weights", "resnet"]) == 2
+    assert "unknown weights resnet" in capsys.readouterr().err
+
+
+def test_weights_checks_the_hash_of_files_in_the_cache(hub, capsys):
+    hub.mkdir(parents=True)
+    (hub / "vgg16-397923af.pth").write_bytes(b"not the weights")
+    assert main(["weights", "vgg16", "-q"]) == 2
+    assert "does not match the 397923af" in capsys.readouterr().err
+
+
+def test_weights_fetches_into_torchvision_cache(hub, monkeypatch, capsys):
+    import csa_lib.cli as cli
+
+    monkeypatch.setattr(cli, "weight_urls", lambda: {"vgg16": "https://example.invalid/vgg16.pth",
+                                                     "inception_v3": "https://example.invalid/inc.pth"})
+    fetched = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        fetched.append(url)
+        torch.save({"w": torch.ones(2)}, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    assert main(["weights", "-q"]) == 0
+    assert sorted(p.name for p in hub.iterdir()) == ["inc.pth", "vgg16.pth"] and len(fetched) == 2
+    assert main(["weights", "-q"]) == 0 and len(fetched) == 2  # already there: checked, not fetched again
+    assert "vgg16.pth" in capsys.readouterr().out
+
+
+def test_random_vgg_fallback_is_repeated_in_the_summary():
+    from csa_lib.cli import _random_vgg_note
+
+    def trainer(source):
+        return SimpleNamespace(criterion=SimpleNamespace(vgg=SimpleNamespace(source=source)))
+
+    assert "WARNING" in _random_vgg_note(trainer("random (spec 'auto' found no weights)"))
+    assert _random_vgg_note(trainer("torchvision cache /x/vgg16-397923af.pth")) == ""
+    assert _random_vgg_note(trainer("random (spec 'none')")) == ""  # asked for: warned at the start only
+
+
+def test_demo_stopped_by_its_budget_says_run_again_to_continue(tmp_path, monkeypatch, capsys):
+    import csa_lib.cli as cli
+    import csa_lib.train as train
+
+    monkeypatch.setattr(train, "Trainer", lambda preset, progress=True: SimpleNamespace(preset=preset))
+    monkeypatch.setattr(cli, "_fit", lambda trainer: {"stopped": "time_budget", "step": 50})
+    monkeypatch.setattr(cli, "demo_figures", lambda out, device="cpu": {})
+    if hasattr(cli, "shipped_model_demo"):
+        monkeypatch.setattr(cli, "shipped_model_demo", lambda out: {})
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--threads", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "step 50/240" in out and "again to continue" in out
