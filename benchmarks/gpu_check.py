@@ -16,7 +16,7 @@ Parts, run in this order, each isolated (a failure is recorded in the report and
   d  celeba64 trained for --train-minutes on the carried data, evaluated per hole-ratio bin
      (csa_lib.metrics), its generator brought back as fp16 shards of at most 15 MiB (the device tool
      returns files of at most 16 MiB) and a card;
-  e  notebooks 06-08 in their full profile (CSA_SMOKE unset, on CUDA) with every Trainer.fit capped at
+  e  notebooks 06-08 in their full profile (CSA_PROFILE=full) with every Trainer.fit capped at
      --nb-budget-s seconds, each in a fresh process (nbclient when installed, else the code cells run in
      order by a plain Python process, as on the GPU machine, which has no Jupyter).
 
@@ -483,18 +483,22 @@ def part_e(device, z, args) -> dict:
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     if args.smoke:
         env["CSA_SMOKE"] = "1"
-    else:
-        env.pop("CSA_SMOKE", None)                        # full profile: the notebooks pick it on CUDA
+    else:                                                 # the full profile (config.notebook_profile)
+        env.pop("CSA_SMOKE", None)
+        env["CSA_PROFILE"] = "full"
     runner = pick_runner(args.nb_runner)
     tmp = args.work / "notebooks"
     tmp.mkdir(parents=True, exist_ok=True)
     out = {"profile": "smoke" if args.smoke else "full", "budget_s_per_fit": args.nb_budget_s}
     for name in args.notebooks:
         path = REPO / "notebooks" / f"{name}.ipynb"
-        if not path.exists():
-            out[name] = {"ok": False, "error": f"no notebook {path}"}
+        # each notebook ends by the hard stop (half a minute after --deadline-min): the report comes back
+        timeout = min(args.nb_timeout_s, args.hard_stop - time.monotonic())
+        if not path.exists() or timeout < 30:
+            out[name] = {"ok": False, "error": f"no notebook {path}" if not path.exists() else
+                         "skipped: too little time left before the hard stop"}
             continue
-        out[name] = run_notebook(path, args.nb_budget_s, args.nb_timeout_s, runner, env, tmp)
+        out[name] = run_notebook(path, args.nb_budget_s, timeout, runner, env, tmp)
     out["all_ok"] = all(v["ok"] for k, v in out.items() if isinstance(v, dict))
     return out
 
@@ -625,14 +629,15 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (what the test runs)")
     p.add_argument("--device", default=None, help="default: cuda when available (cpu with --smoke)")
     p.add_argument("--parts", default=PARTS, help="which parts to run, e.g. 'abc' (default: all)")
-    p.add_argument("--train-minutes", type=float, default=2.5, help="part d's training time")
+    p.add_argument("--train-minutes", type=float, default=2.0, help="part d's training time")
     p.add_argument("--d-base-channels", type=int, default=32,
                    help="part d's model width (64 = 76M parameters, too big to bring back; 32 = 19M)")
     p.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), help="part e's notebooks (stems)")
     p.add_argument("--nb-budget-s", type=float, default=20.0, help="part e: cap of every Trainer.fit")
     p.add_argument("--nb-timeout-s", type=float, default=240.0, help="part e: kill a notebook after this")
     p.add_argument("--nb-runner", choices=("auto", "exec", "nbclient"), default="auto")
-    p.add_argument("--deadline-min", type=float, default=9.0, help="skip parts that would start after this")
+    p.add_argument("--deadline-min", type=float, default=9.0,
+                   help="no part starts after this many minutes; notebooks are stopped half a minute later")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--prepare-data", action="store_true", help="fill .gpu_data/ from ../shared and exit")
     p.add_argument("--mask-every", type=int, default=2, help="--prepare-data: keep every k-th mask file")
@@ -656,6 +661,7 @@ def main(argv=None) -> int:
               "args": {k: str(v) for k, v in vars(args).items()}}
     write(report, args.out)
     deadline = time.monotonic() + 60 * args.deadline_min
+    args.hard_stop = deadline + 30.0
     torch.manual_seed(0)
     table = {"a": lambda: part_a(device, z, args), "b": lambda: part_b(device, z, args),
              "c": lambda: part_c(device, z, args), "d": lambda: part_d(device, z, args, report),
