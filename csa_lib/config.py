@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Where the team's real data lives beside a checkout (never committed; see data/README.md).
 SHARED_ROOT = Path(os.environ.get("CSA_SHARED_ROOT", REPO_ROOT.parent / "shared"))
 
-# The paper's protocol and the official code's defaults (CSA_SPEC sections 2, 4, 5).
+# The paper's protocol and the official code's defaults (docs/method.md: "Architecture", "Losses", "Training").
 OFFICIAL_CENTER_HOLE = 120  # official default centre hole on a 256 image
 PAPER_CENTER_HOLE = 128  # evaluation protocol in the literature: 128x128 on 256
 FEATURE_LEVELS = 3  # the CSA layer works at 1/8 resolution

@@ -1,4 +1,4 @@
-"""CSA training losses (CSA_SPEC section 4).
+"""CSA training losses (docs/method.md, "Losses").
 
 Generator:  lambda_r (L1_coarse + L1_refined)
           + lambda_c (consistency(csa_out) + consistency(decoder_feat))
@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import LossConfig
+# Under torchrun, the batch-coupled terms below sum over the global batch (identity in one process).
+from .distributed import batch_mean, global_count, global_sum
 
 MODES = ("paper", "official")
 
@@ -83,31 +85,33 @@ def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, variant: str = 
     if variant == "official_mean":
         # mean over B*C*h*w of (feat * m - target)^2
         return ((feat.float() * m - target) ** 2).mean()
-    # sum over hole positions and channels of (feat - target)^2
-    hole_sq = ((feat.float() - target) ** 2 * m).sum()
+    # sum over hole positions and channels of (feat - target)^2; the sums run over the global batch
+    # under torchrun (T is the hole area of all images, not of this rank's share)
+    hole_sq = global_sum(((feat.float() - target) ** 2 * m).sum())
     if variant == "paper_sum":
         # (1/B) sum_b sum_{y in M_b} ||feat_y - target_y||^2
-        return hole_sq / feat.shape[0]
-    n = (m.sum() * feat.shape[1]).clamp_min(1)  # T * C
+        return hole_sq / global_count(feat.shape[0])
+    n = (global_sum(m.sum()) * feat.shape[1]).clamp_min(1)  # T * C
     loss = hole_sq / n
     if variant == "hole_mean":
         return loss
     # hole_mean / mean over the hole of target^2  (a constant scale)
-    scale = (target.detach() ** 2 * m).sum() / n
+    scale = global_sum((target.detach() ** 2 * m).sum()) / n
     return loss / scale.clamp_min(1e-8)
 
 
 def ralsgan_d(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
     """Relativistic average LSGAN, discriminator side: real should beat the average fake by 1 and vice
-    versa. ``((r - E[f] - 1)^2 + (f - E[r] + 1)^2) / 2`` averaged over all patch scores."""
+    versa. ``((r - E[f] - 1)^2 + (f - E[r] + 1)^2) / 2`` averaged over all patch scores. ``E`` is over
+    the global batch under torchrun (:func:`csa_lib.distributed.batch_mean`)."""
     r, f = real_pred.float(), fake_pred.float()
-    return (((r - f.mean() - 1) ** 2).mean() + ((f - r.mean() + 1) ** 2).mean()) / 2
+    return (((r - batch_mean(f) - 1) ** 2).mean() + ((f - batch_mean(r) + 1) ** 2).mean()) / 2
 
 
 def ralsgan_g(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
     """RaLSGAN, generator side: the targets swap. ``((r - E[f] + 1)^2 + (f - E[r] - 1)^2) / 2``."""
     r, f = real_pred.float(), fake_pred.float()
-    return (((r - f.mean() + 1) ** 2).mean() + ((f - r.mean() - 1) ** 2).mean()) / 2
+    return (((r - batch_mean(f) + 1) ** 2).mean() + ((f - batch_mean(r) - 1) ** 2).mean()) / 2
 
 
 class InpaintingLoss(nn.Module):

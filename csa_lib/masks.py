@@ -359,7 +359,7 @@ def make_mask_source(data_cfg, train: bool = True) -> MaskSource:
 
 
 # ----------------------------------------------------------------------------------------------------
-# feature-resolution mask (CSA_SPEC section 2)
+# feature-resolution mask (docs/method.md, "Architecture")
 # ----------------------------------------------------------------------------------------------------
 def feature_mask(mask: torch.Tensor, levels: int = FEATURE_LEVELS,
                  threshold: float = FEATURE_THRESHOLD) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Evaluation: L1, L2, PSNR, SSIM, FID and the inpainting evaluation protocol.
 
-Conventions (CSA_SPEC section 6): metrics are computed on the *composited* output (the network's
+Conventions (docs/method.md, "Evaluation"): metrics are computed on the *composited* output (the network's
 prediction inside the hole, the known pixels elsewhere) unless asked otherwise, over a fixed split with
 fixed masks, optionally per hole-ratio bin ("10-20%", ...). Every table says which output, which masks,
 which split and how many images.

@@ -1,6 +1,6 @@
 """Training: the two-stage generator against an image and a feature discriminator.
 
-One optimisation step (the official order, CSA_SPEC section 5)::
+One optimisation step (the official order, docs/method.md, "Training")::
 
     out   = G(image, mask)                          # coarse, refined, composite, CSA features
     D, F  <- Adam on  L_D(out.detach(), image)      # both discriminators, RaLSGAN
@@ -16,8 +16,10 @@ What the trainer adds around that step:
   randomness from a generator seeded by ``(seed, k)``. A checkpoint therefore only needs a counter, and a
   resumed run sees exactly the batches that an uninterrupted run would have seen;
 - checkpoints written atomically (temporary file, fsync, ``os.replace``) with every state needed for an
-  exact resume: models, optimisers, schedulers, RNG states, step, preset; the previous good checkpoint is
-  kept as ``prev.pt``;
+  exact resume: models, optimisers, schedulers, RNG states, step, preset, the partial sums of the next log
+  line; the previous good checkpoint is kept as ``prev.pt``. A resume repairs what a ``kill -9`` can
+  leave (an unrenamed ``next.pt``, orphan temporary files, a torn ``last.pt`` or last log line);
+- a lock on the run folder (:class:`RunLock`) while training: a second writer is refused;
 - a stop with :class:`NonFiniteLossError` on the first NaN/Inf loss (or gradient), before anything is
   written, so the last good checkpoint stays intact;
 - logs: a tqdm bar, ``log.jsonl`` (one JSON object per logged step), TensorBoard when installed, and sample
@@ -38,7 +40,10 @@ import json
 import math
 import os
 import random
+import signal
+import sys
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -48,12 +53,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .config import Preset, in_jupyter
 
 CKPT_DIR = "checkpoints"
 #: Shown on the progress bar (the rest goes to log.jsonl / TensorBoard).
 BAR_KEYS = {"G/l1_refined": "l1", "G/total": "G", "D/total": "D", "images_per_s": "img/s"}
-LAST, PREV = "last.pt", "prev.pt"
+LAST, PREV, NEXT = "last.pt", "prev.pt", "next.pt"
+LOCK_FILE = ".lock"
 AMP_MODES = ("auto", "bf16", "off", "fp32")
 
 
@@ -66,16 +73,74 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite {term} = {value} at step {step}; training stopped{where}")
 
 
+class RunInUseError(RuntimeError):
+    """Another process holds the run folder's lock (it is training into that folder)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when the message is empty)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _kill_point(point: str, step: int) -> None:
+    """Fault-injection hook for the reliability tests: ``CSA_KILL_AT=point@step`` (e.g. ``tmp@4``) makes
+    the process SIGKILL itself at that point of that step, as a power cut or the OOM killer would.
+    Points: ``step`` (after a step, before its log line), ``tmp`` (checkpoint temp file written, not yet
+    renamed), ``next`` (``next.pt`` in place, not yet rotated), ``rotated`` (``last.pt`` moved to
+    ``prev.pt``, ``next.pt`` not yet renamed: no ``last.pt`` on disk). Unset, it does nothing."""
+    if os.environ.get("CSA_KILL_AT") == f"{point}@{step}":
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------------------------------
 # Devices, seeds and the learning-rate schedule
 # --------------------------------------------------------------------------------------------------
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
+    """``"auto"`` -> CUDA when available, else CPU. A device that is unknown (``"tpu"``) or not present
+    here (``"cuda"`` without a GPU, ``"cuda:3"`` on a 1-GPU machine) is a ``ValueError`` (one line)."""
+    if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available (use device=cpu or auto)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available (use device=cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} requested but MPS is not available (use device=cpu or auto)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check_train_config(preset: Preset) -> None:
+    """Refuse settings that cannot work, with one line naming the field (``ValueError``).
+
+    Without this, ``train.batch_size=0`` fails deep inside the data loader and ``train.steps=-1``
+    "finishes" and reports a checkpoint that was never written.
+    """
+    cfg = preset.train
+    positive = {"batch_size": cfg.batch_size, "steps": cfg.steps, "log_every": cfg.log_every,
+                "sample_every": cfg.sample_every, "ckpt_every": cfg.ckpt_every, "num_samples": cfg.num_samples}
+    if cfg.keep_every is not None:
+        positive["keep_every"] = cfg.keep_every
+    for name, value in positive.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"train.lr must be a positive number, got {cfg.lr!r}")
+    if cfg.decay_start is not None and (not isinstance(cfg.decay_start, int) or cfg.decay_start < 0):
+        raise ValueError(f"train.decay_start must be None or a step >= 0, got {cfg.decay_start!r}")
+    if cfg.time_budget_s is not None and not cfg.time_budget_s >= 0:
+        raise ValueError(f"train.time_budget_s must be None or >= 0 seconds, got {cfg.time_budget_s!r}")
+    if not isinstance(preset.data.num_workers, int) or preset.data.num_workers < 0:
+        raise ValueError(f"data.num_workers must be an integer >= 0, got {preset.data.num_workers!r}")
 
 
 @contextmanager
@@ -261,9 +326,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A crash at any point leaves either the old file or the new one, never a torn file.
+    A crash at any point leaves either the old file or the new one, never a torn file (a kill may leave
+    the temporary ``.NAME.tmpPID``; :func:`remove_orphan_temps` cleans those up on the next start).
     """
     path = Path(path)
+    tmp = _write_temp(obj, path)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write_temp(obj: Any, path: Path) -> Path:
+    """``obj`` written and fsynced to ``.NAME.tmpPID`` beside ``path``; returns that temporary file.
+
+    A failed write (a full disk shows up as torch's "PytorchStreamWriter failed writing file") removes
+    the temporary file and raises ``OSError`` naming ``path``: the file it would replace is untouched.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -271,12 +352,13 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            raise OSError(f"cannot write {path}: {first_line(e)} (disk full or not writable?); "
+                          f"the file it would replace is untouched") from e
+        raise
+    return tmp
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -294,35 +376,163 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def checkpoint_candidates(path: str | Path) -> list[Path]:
-    """The file itself, or for a run folder ``checkpoints/last.pt`` then ``checkpoints/prev.pt``."""
+    """Where to look for a checkpoint, newest first.
+
+    A run folder: ``checkpoints/next.pt`` (only present when a kill hit a save between writing it and
+    renaming it to ``last.pt``; it is complete, since it was itself written atomically), then ``last.pt``,
+    then ``prev.pt``. A file: the file itself, and for ``.../last.pt`` its sibling ``prev.pt`` too.
+    """
     path = Path(path)
     if path.is_file():
-        return [path]
+        backup = path.with_name(PREV)
+        return [path, backup] if path.name == LAST and backup.is_file() else [path]
     if not path.exists():
         raise FileNotFoundError(f"checkpoint or run folder not found: {path}")
     folder = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    found = [folder / name for name in (LAST, PREV) if (folder / name).is_file()]
+    found = [folder / name for name in (NEXT, LAST, PREV) if (folder / name).is_file()]
     if not found:
         raise FileNotFoundError(f"no checkpoint ({LAST} or {PREV}) in {folder}")
     return found
 
 
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether a run folder holds any trainer checkpoint (``last.pt``, ``prev.pt`` or an unrenamed
+    ``next.pt``): a new run must not start over it silently."""
+    folder = Path(run_dir) / CKPT_DIR
+    return any((folder / name).is_file() for name in (NEXT, LAST, PREV))
+
+
+def _read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """One checkpoint file (``weights_only=True``), or ``ValueError`` naming it (empty, torn, foreign)."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a torn or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {first_line(e)}") from None
+    if not isinstance(ckpt, dict) or "generator" not in ckpt or "preset" not in ckpt:
+        raise ValueError(f"{path} is not a csa_lib training checkpoint")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a trainer checkpoint (``weights_only=True``): a file, or a run folder's newest loadable one
-    (``last.pt``, falling back to ``prev.pt`` when ``last.pt`` is torn). Errors name the file."""
+    (see :func:`checkpoint_candidates`; a torn or empty ``last.pt`` falls back to ``prev.pt`` with a
+    warning). ``ckpt["path"]`` says which file it was. Errors name the files."""
     errors = []
     for candidate in checkpoint_candidates(path):
         try:
-            ckpt = torch.load(candidate, map_location=device, weights_only=True)
-        except Exception as e:  # a torn or foreign file: try the previous one
-            errors.append(f"cannot read checkpoint {candidate}: {str(e).splitlines()[0]}")
+            ckpt = _read_checkpoint(candidate, device)
+        except ValueError as e:  # try the previous one
+            errors.append(str(e))
             continue
-        if not isinstance(ckpt, dict) or "generator" not in ckpt or "preset" not in ckpt:
-            errors.append(f"{candidate} is not a csa_lib training checkpoint")
-            continue
+        if errors:
+            warnings.warn(f"{'; '.join(errors)}; using {candidate} (step {ckpt.get('step')}) instead",
+                          stacklevel=2)
         ckpt["path"] = str(candidate)
         return ckpt
     raise ValueError("; ".join(errors))
+
+
+def _loads(path: Path) -> bool:
+    try:
+        _read_checkpoint(path)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def remove_orphan_temps(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.tmpPID``) that a killed save or log rewrite left in a run folder.
+
+    Only call this while holding the run's :class:`RunLock`: then no other process is writing there, so
+    every temporary file is an orphan (at paper size each is a full checkpoint: gigabytes).
+    """
+    run_dir = Path(run_dir)
+    found = [p for folder in (run_dir, run_dir / CKPT_DIR) if folder.is_dir()
+             for p in folder.glob(".*.tmp*") if p.is_file()]
+    if found:
+        size = sum(p.stat().st_size for p in found)
+        for p in found:
+            p.unlink(missing_ok=True)
+        warnings.warn(f"removed {len(found)} temporary file(s) ({size / 2**20:.1f} MiB) left in {run_dir} by an "
+                      f"interrupted save: {', '.join(p.name for p in found)}", stacklevel=2)
+    return found
+
+
+def finish_interrupted_save(run_dir: str | Path) -> None:
+    """Complete the rotation of a save that a kill interrupted after ``next.pt`` was written.
+
+    ``next.pt`` is then the newest complete checkpoint: it becomes ``last.pt`` and a loadable ``last.pt``
+    becomes ``prev.pt`` (a torn one is dropped, keeping the good ``prev.pt``). A ``next.pt`` that does not
+    load is deleted. Call it while holding the run's :class:`RunLock`.
+    """
+    folder = Path(run_dir) / CKPT_DIR
+    nxt, last = folder / NEXT, folder / LAST
+    if not nxt.is_file():
+        return
+    if not _loads(nxt):
+        warnings.warn(f"deleting {nxt}: it does not load", stacklevel=2)
+        nxt.unlink()
+        return
+    if last.is_file() and _loads(last):
+        os.replace(last, folder / PREV)
+    os.replace(nxt, last)
+    _fsync_dir(folder)
+    warnings.warn(f"finished a checkpoint save that was interrupted: {nxt.name} -> {last}", stacklevel=2)
+
+
+class RunLock:
+    """An exclusive lock on a run folder: ``fcntl.flock`` on ``<run>/.lock``, which holds our pid.
+
+    Two processes writing one run would interleave log lines and race on the checkpoint renames. The
+    kernel drops a ``flock`` when its process dies (even by SIGKILL), so a killed run never leaves the
+    folder stuck. ``acquire`` raises :class:`RunInUseError` naming the holder's pid. No-op where
+    ``fcntl`` does not exist (Windows).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return self
+        if self._file is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunInUseError(f"run folder {self.path.parent} is in use by another process (pid {holder}); "
+                                "wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the lock
+            self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
@@ -375,9 +585,95 @@ def sample_grid(image, mask, out, path: Path) -> Path:
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl`` file, in order."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a ``log.jsonl`` file, in order. A torn last line (a kill or a full disk in the
+    middle of a write) is dropped with a warning; a bad line elsewhere is a ``ValueError`` naming the
+    file and the line."""
+    records, torn = _read_log_tolerant(path)
+    if torn:
+        warnings.warn(torn, stacklevel=2)
+    return records
+
+
+def _read_log_tolerant(path: str | Path) -> tuple[list[dict[str, Any]], str | None]:
+    """``(records, message)``: the message says which torn last line was dropped (None: none was)."""
+    path = Path(path)
+    text = path.read_text(errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records, torn = [], None
+    for k, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if k == len(lines) - 1:
+                torn = f"{path}: dropped a torn last line {n} ({line[:40]!r}...)"
+                break
+            raise ValueError(f"{path}:{n}: not a JSON record: {line[:60]!r}") from None
+        records.append(record)
+    return records, torn
+
+
+def _append_line(path: Path, text: str) -> None:
+    """Append one line with a single ``write`` on an ``O_APPEND`` descriptor: a kill leaves the whole
+    line or a torn last line (that :func:`read_log` drops), never a torn line in the middle."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a full disk can cut a write short without an error
+            raise OSError(f"cannot append to {path}: wrote {written} of {len(data)} bytes (disk full?)")
+    except OSError as e:
+        raise OSError(f"cannot append to {path}: {first_line(e)}") from e
+    finally:
+        os.close(fd)
+
+
+def _rewrite_atomically(path: Path, text: str) -> None:
+    """Replace a text file's contents through a temporary file and ``os.replace`` (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _new_window(saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The running sums of the next log line: ``{"t", "steps", "images", "sums"}``."""
+    saved = saved or {}
+    return {"t": time.perf_counter(), "steps": int(saved.get("steps", 0)), "images": int(saved.get("images", 0)),
+            "sums": {k: float(v) for k, v in saved.get("sums", {}).items()}}
+
+
+def _run_dir_of(path: Path) -> Path:
+    """The run folder of a checkpoint file (``run/checkpoints/last.pt`` -> ``run``) or of a run folder."""
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == CKPT_DIR else path.parent
+
+
+def _check_resume_overrides(stored: Preset, overrides: dict[str, Any]) -> None:
+    """Refuse overrides that a resumed run cannot honour, with one line naming the setting.
+
+    The model's shape is in the checkpoint's tensors, and the data order is a function of the seed
+    (and the batch size): changing them on resume would fail deep in ``load_state_dict`` or silently
+    train on a different order. Start a new run (``--out``) instead.
+    """
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        old = getattr(getattr(stored, section, None), name, value)
+        if old == value or (isinstance(old, tuple) and tuple(value or ()) == old):
+            continue
+        if section == "model":
+            raise ValueError(f"{key}={value!r}: the model cannot change on resume (the checkpoint has "
+                             f"{key}={old!r}); start a new run with --out")
+        if key in ("train.seed", "train.batch_size"):
+            raise ValueError(f"{key}={value!r}: cannot change on resume (the checkpoint has {old!r}): the data "
+                             "order depends on it; start a new run with --out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,14 +694,20 @@ class Trainer:
         from .networks import build_models
         from .vgg import VGG16Features
 
+        check_train_config(preset)
         self.preset, self.progress = preset, progress
         cfg = preset.train
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.rank_device(resolve_device(cfg.device))  # under torchrun: this rank's GPU
+        self.world = distributed.world_size()  # ranks sharing the global batch (1 without torchrun)
+        distributed.per_rank_batch(cfg.batch_size, self.world)  # an uneven split: one-line error
         self.amp = amp_dtype(cfg.amp, self.device)
         self.out_dir = Path(cfg.out_dir)
         seed_everything(cfg.seed)  # model initialisation is a function of the seed
 
         self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
+        # Under torchrun the steps go through DistributedDataParallel wrappers (they share the parameters);
+        # self.G/D/F stay the plain modules: checkpoints, samples and the frozen-D generator phase use them.
+        self.ddp = tuple(distributed.wrap(m, self.device) for m in (self.G, self.D, self.F))
         if vgg is None:  # "auto" falls back to random weights (with a warning) rather than download
             vgg = VGG16Features(preset.loss.vgg_weights)
         self.criterion = InpaintingLoss(preset.loss, vgg).to(self.device)
@@ -420,6 +722,9 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0  # training time summed over all sessions of this run
         self._writer = None
+        self._lock: RunLock | None = None  # held from resume() or fit() to the end of fit()
+        self._last_ok: bool | None = None  # does checkpoints/last.pt load? (None: not checked yet)
+        self._window = _new_window()  # sums for the next log line (saved in checkpoints: exact logs)
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -431,18 +736,30 @@ class Trainer:
             "rng": rng_state(),
             # The data order is a function of these numbers only (see StepBatchSampler).
             "sampler": {"seed": self.preset.train.seed, "step": self.step,
-                        "batch_size": self.preset.train.batch_size, "dataset_len": len(self.train_set)},
+                        "batch_size": self.preset.train.batch_size, "dataset_len": len(self.train_set),
+                        "world_size": self.world},
             "step": self.step, "elapsed_s": self.elapsed_s,
+            # The partial sums of the next log line: a resumed run logs the same averages.
+            "log_window": {k: self._window[k] for k in ("steps", "images", "sums")},
             "preset": self.preset.to_dict(),
             "versions": {"torch": str(torch.__version__)},
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         s = ckpt["sampler"]
-        if (s["batch_size"], s["dataset_len"]) != (self.preset.train.batch_size, len(self.train_set)):
-            raise ValueError(f"cannot resume exactly: checkpoint has batch size {s['batch_size']} and "
-                             f"{s['dataset_len']} images, this run {self.preset.train.batch_size} and "
-                             f"{len(self.train_set)}")
+        if s["batch_size"] != self.preset.train.batch_size:
+            raise ValueError(f"cannot resume: the checkpoint was trained with train.batch_size={s['batch_size']}, "
+                             f"this run asks for {self.preset.train.batch_size}")
+        if s["dataset_len"] != len(self.train_set):
+            # Images were added or removed: go on, but the order is no longer the uninterrupted run's.
+            warnings.warn(f"the training set now has {len(self.train_set)} images, the checkpoint's had "
+                          f"{s['dataset_len']}: resuming, but from here on the data order is not exactly the "
+                          "one an uninterrupted run would have seen", stacklevel=2)
+        if s.get("world_size", 1) != self.world and distributed.is_main():
+            warnings.warn(f"resuming a run trained on {s.get('world_size', 1)} process(es) with {self.world}: the "
+                          f"global batch ({s['batch_size']}) and the data order stay the same, but the gradients "
+                          "are summed in another order, so the run follows an uninterrupted one to float "
+                          "tolerance, not bit for bit", stacklevel=2)
         self.G.load_state_dict(ckpt["generator"])
         self.D.load_state_dict(ckpt["image_D"])
         self.F.load_state_dict(ckpt["feature_D"])
@@ -452,6 +769,25 @@ class Trainer:
             sch.load_state_dict(ckpt["schedulers"][k])
         set_rng_state(ckpt["rng"])
         self.step, self.elapsed_s = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        distributed.check_same(self.step, "the step to resume from", self.device)  # same checkpoint everywhere
+        self._window = _new_window(ckpt.get("log_window"))
+        self._sync_schedule()
+        if Path(ckpt.get("path", "")).name == LAST:
+            self._last_ok = True
+
+    def _sync_schedule(self) -> None:
+        """Put the learning rate of the current step, under this preset's ``lr``/``steps``/``decay_start``,
+        into the optimisers and schedulers (a loaded state carries the checkpoint's: without this, a
+        resume with a new ``train.lr`` or ``decay_start`` would run its first step, or all of them, on the
+        old values). Unchanged settings give exactly the loaded numbers: the same product as LambdaLR's."""
+        cfg = self.preset.train
+        factor = lr_factor(self.step, cfg.steps, cfg.decay_start)
+        for k, sched in self.sched.items():
+            sched.base_lrs = [cfg.lr for _ in sched.base_lrs]
+            for group in self.opt[k].param_groups:
+                group["initial_lr"] = cfg.lr
+                group["lr"] = cfg.lr * factor
+            sched._last_lr = [group["lr"] for group in self.opt[k].param_groups]
 
     def save(self, path: str | Path) -> Path:
         """Write the full training state atomically to ``path``."""
@@ -464,14 +800,30 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/last.pt``, keeping the one it replaces as ``prev.pt``.
 
+        The sequence (each rename atomic; :func:`load_checkpoint` and :func:`finish_interrupted_save`
+        handle a kill between any two): write ``.next.pt.tmpPID``, fsync, rename to ``next.pt``; rename
+        ``last.pt`` to ``prev.pt``; rename ``next.pt`` to ``last.pt``. A ``last.pt`` that does not load (a
+        resume fell back to ``prev.pt``) is never rotated: it is replaced, and the good ``prev.pt`` stays.
+
         With ``train.keep_every = K``, a checkpoint written at a multiple of K steps is also kept as
         ``checkpoints/step_XXXXXXX.pt`` (a hard link where the file system allows: no extra space).
         """
         last = self.checkpoint_path
-        tmp = atomic_save(self.state_dict(), last.with_name("next.pt"))
+        nxt = last.with_name(NEXT)
+        tmp = _write_temp(self.state_dict(), nxt)
+        _kill_point("tmp", self.step)
+        os.replace(tmp, nxt)
+        _kill_point("next", self.step)
         if last.exists():
-            os.replace(last, last.with_name(PREV))
-        os.replace(tmp, last)
+            if self._last_ok is None:
+                self._last_ok = _loads(last)
+            if self._last_ok:
+                os.replace(last, last.with_name(PREV))
+            else:
+                warnings.warn(f"{last} does not load: replacing it, keeping {PREV} as the backup", stacklevel=2)
+        _kill_point("rotated", self.step)
+        os.replace(nxt, last)
+        self._last_ok = True
         _fsync_dir(last.parent)
         keep = self.preset.train.keep_every
         if keep and self.step % keep == 0:
@@ -494,15 +846,33 @@ class Trainer:
         """
         from .config import apply_override
 
-        ckpt = load_checkpoint(path)
-        preset = Preset.from_dict(ckpt["preset"])
-        ckpt_file = Path(ckpt["path"])
-        run_dir = ckpt_file.parent.parent if ckpt_file.parent.name == CKPT_DIR else ckpt_file.parent
-        preset.train.out_dir = str(run_dir)
-        for key, value in (overrides or {}).items():
-            apply_override(preset, key, value)
-        trainer = cls(preset, **kwargs)
-        trainer.load_state_dict(ckpt)
+        overrides = dict(overrides or {})
+        path = Path(path)
+        run_dir = _run_dir_of(path)
+        out_dir = Path(overrides.get("train.out_dir", run_dir))
+        # Writing into the folder: lock it first (refused while another process trains there), then
+        # repair what a kill may have left (only the lock holder may rename files there).
+        # Under torchrun, rank 0's lock stands for the whole job, and only rank 0 repairs; the other ranks
+        # read the checkpoint once it has (the barrier), so that every rank resumes from the same file.
+        main = distributed.is_main()
+        lock = RunLock(out_dir).acquire() if main else RunLock(out_dir)
+        try:
+            if main and out_dir.resolve() == run_dir.resolve():
+                remove_orphan_temps(run_dir)
+                finish_interrupted_save(run_dir)
+            distributed.barrier()
+            ckpt = load_checkpoint(path)
+            preset = Preset.from_dict(ckpt["preset"])
+            _check_resume_overrides(preset, overrides)
+            preset.train.out_dir = str(_run_dir_of(Path(ckpt["path"])))
+            for key, value in overrides.items():
+                apply_override(preset, key, value)
+            trainer = cls(preset, **kwargs)
+            trainer._lock = lock
+            trainer.load_state_dict(ckpt)
+        except BaseException:
+            lock.release()
+            raise
         return trainer
 
     # ---- one step ---------------------------------------------------------------------------------
@@ -531,12 +901,17 @@ class Trainer:
             return self._train_step(image, mask)
 
     def _train_step(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        # Under torchrun: this rank's share of the global batch; the DDP wrappers average the gradients
+        # over the ranks, the losses' batch means are global (distributed.global_batch) and the logged
+        # values are averaged over the ranks, so that one NaN stops every rank at the same step.
+        G, D, F = self.ddp
         with self._autocast():
-            out = self.G(image, mask)
+            out = G(image, mask)
 
         # Discriminators: real images against the (detached) generated ones.
-        with self._autocast():
-            loss_d, logs_d = self.criterion.discriminator(detach_output(out), image, self.D, self.F)
+        with self._autocast(), distributed.global_batch():
+            loss_d, logs_d = self.criterion.discriminator(detach_output(out), image, D, F)
+        logs_d = distributed.mean_over_ranks(logs_d, self.device)
         self._check(loss_d, logs_d, "discriminator")
         self.opt["D"].zero_grad(set_to_none=True)
         self.opt["F"].zero_grad(set_to_none=True)
@@ -546,11 +921,13 @@ class Trainer:
         self.opt["D"].step()
         self.opt["F"].step()
 
-        # Generator: the discriminators are frozen so that no gradient accumulates in them.
+        # Generator: the discriminators are frozen so that no gradient accumulates in them. They run as
+        # the plain modules (not the DDP wrappers): no parameter gradient there, so nothing to all-reduce.
         set_requires_grad([self.D, self.F], False)
         try:
-            with self._autocast():
+            with self._autocast(), distributed.global_batch():
                 loss_g, logs_g = self.criterion.generator(out, image, mask, self.D, self.F)
+            logs_g = distributed.mean_over_ranks(logs_g, self.device)
             self._check(loss_g, logs_g, "generator")
             self.opt["G"].zero_grad(set_to_none=True)
             loss_g.backward()
@@ -564,9 +941,9 @@ class Trainer:
             s.step()
         self.step += 1
         return {**{f"G/{k}": float(v) for k, v in logs_g.items() if not k.endswith("total")},
-                "G/total": float(loss_g.detach()),
+                "G/total": logs_g["g_total"],  # the loss's value (averaged over the ranks under torchrun)
                 **{f"D/{k}": float(v) for k, v in logs_d.items() if not k.endswith("total")},
-                "D/total": float(loss_d.detach()),
+                "D/total": logs_d["d_total"],
                 "grad/G": gn_g, "grad/D": gn_d, "grad/F": gn_f, "lr": lr}
 
     # ---- data -------------------------------------------------------------------------------------
@@ -574,6 +951,8 @@ class Trainer:
         """Batches for steps ``self.step .. steps-1`` in the order fixed by (seed, images seen)."""
         cfg = self.preset.train
         sampler = StepBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, self.step, cfg.steps)
+        if self.world > 1:  # this rank's slice of each global batch
+            sampler = distributed.ShardedStepSampler(sampler, distributed.rank(), self.world)
         # No worker processes inside a Jupyter kernel (see config.in_jupyter); same batches either way.
         workers = 0 if in_jupyter() else self.preset.data.num_workers
         return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=workers,
@@ -588,9 +967,10 @@ class Trainer:
 
     # ---- logging ----------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if not distributed.is_main():  # under torchrun rank 0 logs (the values are averaged over ranks)
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_line(self.out_dir / "log.jsonl", json.dumps(record) + "\n")
         writer = self._tensorboard()
         if writer is not None:
             for k, v in record.items():
@@ -609,11 +989,31 @@ class Trainer:
         return self._writer
 
     def _trim_log(self) -> None:
-        """On resume, drop log lines written after the checkpoint by the interrupted session."""
+        """On resume, drop log lines written after the checkpoint by the interrupted session, and a torn
+        last line (with a warning). The file is rewritten atomically, and only when something changes."""
         path = self.out_dir / "log.jsonl"
-        if path.exists():
-            keep = [r for r in read_log(path) if r.get("step", 0) <= self.step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        if not path.exists():
+            return
+        records, torn = _read_log_tolerant(path)
+        if torn:
+            warnings.warn(torn, stacklevel=2)
+        keep = [r for r in records if r.get("step", 0) <= self.step]
+        if torn or len(keep) != len(records) or not path.read_bytes().endswith(b"\n"):
+            _rewrite_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def _acquire_run_lock(self) -> None:
+        """Hold the run folder's :class:`RunLock` (until the end of :meth:`fit` or :meth:`close`) and
+        delete the temporary files a killed process left there."""
+        if not distributed.is_main():  # under torchrun rank 0's lock stands for the whole job
+            return
+        if self._lock is None:
+            self._lock = RunLock(self.out_dir).acquire()
+        remove_orphan_temps(self.out_dir)
+
+    def _release_run_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @torch.no_grad()
     def save_samples(self, batch=None) -> Path:
@@ -633,39 +1033,53 @@ class Trainer:
 
         Returns ``{"step", "stopped": "done" | "time_budget", "elapsed_s", "images_per_s", "checkpoint"}``.
         ``callback(trainer, logs)`` runs after every step (notebooks use it to collect curves).
+        The run folder is locked for the duration (:class:`RunLock`).
         """
+        self._acquire_run_lock()
+        try:
+            return self._fit(callback)
+        finally:
+            self._release_run_lock()
+
+    def _fit(self, callback) -> dict[str, Any]:
         from tqdm import tqdm  # the text bar: readable in a terminal and in a saved notebook
 
         cfg = self.preset.train
         self.G.train(), self.D.train(), self.F.train()
-        self._trim_log()
-        sample_batch = self.fixed_batch()
+        main = distributed.is_main()  # under torchrun only rank 0 writes logs, samples and checkpoints
+        if main:
+            self._trim_log()
+        sample_batch = self.fixed_batch() if main else None
         start, stopped, images = time.perf_counter(), "done", 0
-        window = {"t": start, "steps": 0, "images": 0, "sums": {}}  # averages between two log lines
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.preset.name, disable=not self.progress,
-                   dynamic_ncols=True)
+        window = self._window  # averages between two log lines (restored from a checkpoint on resume)
+        window["t"] = start
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.preset.name,
+                   disable=not (self.progress and main), dynamic_ncols=True)
         try:
             for image, mask in self.loader():
                 image = image.to(self.device, non_blocking=True)
                 mask = mask.to(self.device, non_blocking=True)
                 logs = self.train_step(image, mask)
-                images += image.shape[0]
+                n = image.shape[0] * self.world  # the global batch: every rank took an equal share
+                images += n
                 window["steps"] += 1
-                window["images"] += image.shape[0]
+                window["images"] += n
                 for k, v in logs.items():
                     window["sums"][k] = window["sums"].get(k, 0.0) + v
                 if callback is not None:
                     callback(self, logs)
                 bar.update(1)
+                _kill_point("step", self.step)
                 last = self.step == cfg.steps
-                if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
+                if cfg.time_budget_s is not None and distributed.any_rank(
+                        time.perf_counter() - start > cfg.time_budget_s, self.device):  # all ranks stop together
                     stopped = "done" if last else "time_budget"
                 if self.step % cfg.log_every == 0 or last or stopped != "done":
                     record = self._log_window(window, start)
                     bar.set_postfix({name: f"{record[k]:.3g}" for k, name in BAR_KEYS.items() if k in record})
-                if self.step % cfg.sample_every == 0 or last:
+                if main and (self.step % cfg.sample_every == 0 or last):
                     self.save_samples(sample_batch)
-                if self.step % cfg.ckpt_every == 0 or last or stopped != "done":
+                if main and (self.step % cfg.ckpt_every == 0 or last or stopped != "done"):
                     self._save_with_time(start)
                 if stopped != "done":
                     break
@@ -698,6 +1112,7 @@ class Trainer:
             self.elapsed_s = before
 
     def close(self) -> None:
+        self._release_run_lock()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -1,6 +1,6 @@
 """Frozen VGG16 feature taps for the consistency loss and the feature discriminator.
 
-CSA uses an ImageNet VGG16 twice (CSA_SPEC section 4):
+CSA uses an ImageNet VGG16 twice (docs/method.md, "Losses"):
 
 - ``relu4_3`` (512 channels at 1/8 resolution) of the ground truth is the *target* of the consistency loss;
 - ``pool3`` (256 channels at 1/8 resolution) feeds the feature patch discriminator. The official code
