@@ -281,6 +281,7 @@ def d_width(z, args) -> tuple[int, int]:
 def part_d(device, z, args, report) -> dict:
     from csa_lib import metrics
     from csa_lib.config import get_preset, missing_files
+    from csa_lib.data import list_images
     from csa_lib.train import Trainer
 
     missing = missing_files(get_preset("celeba64"))
@@ -295,7 +296,11 @@ def part_d(device, z, args, report) -> dict:
         rate = (report["parts"].get("c", {}).get("result") or {}).get("celeba64", {}).get("s_per_step")
         steps = max(20, int(0.85 * budget / rate)) if rate else get_preset("celeba64").train.steps
     workers = 0 if z["d_steps"] else min(8, os.cpu_count() or 1)
-    preset = get_preset("celeba64", **{
+    n = len(list_images(get_preset("celeba64").data.root))
+    split = {}
+    if n < 10000:  # --prepare-data --faces N: the first 90 % train, the held-out last 10 % evaluate
+        split = {"data.train_range": (0, n - max(1, n // 10)), "data.eval_range": (n - max(1, n // 10), n)}
+    preset = get_preset("celeba64", **split, **{
         "model.base_channels": base, "train.batch_size": batch, "train.steps": steps,
         "train.decay_start": steps // 2, "train.time_budget_s": budget, "train.device": str(device),
         "train.out_dir": str(args.work / "d_celeba64"), "train.tensorboard": False,
@@ -588,36 +593,70 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def travelling_bytes() -> tuple[int, list[str]]:
+    """Bytes of the working tree that a device call sends (tracked and untracked-not-ignored files), and
+    the ignored folders the notebooks need that must be carried too (``weights/`` when its files are
+    ignored: notebooks 07 and 08 load the shipped model), their bytes included."""
+    def size(paths):
+        return sum((REPO / f).stat().st_size for f in paths if (REPO / f).is_file())
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60, check=True).stdout.split("\0")
+    except Exception:  # not a git checkout: count every file outside the usual scratch folders
+        listed = [str(f.relative_to(REPO)) for f in REPO.rglob("*") if f.is_file() and not
+                  any(part in (".git", ".venv", "runs", ".gpu_data") for part in f.relative_to(REPO).parts)]
+    total, extra = size(listed), []
+    weights = REPO / "weights"
+    ignored = [f for f in weights.glob("*") if f.is_file() and str(f.relative_to(REPO)) not in set(listed)]
+    if ignored:
+        extra.append("weights")
+        total += size(str(f.relative_to(REPO)) for f in weights.glob("*"))
+    return total, extra
+
+
 def prepare_data(args) -> int:
-    """Copy ../shared (CelebA 10k, every --mask-every'th NVIDIA mask, the VGG16 file) into .gpu_data/."""
+    """Copy ../shared into .gpu_data/: --faces CelebA faces (the first 90 % and the last 10 % of the
+    sorted folder, so the held-out end stays held out), every --mask-every'th NVIDIA mask, the VGG16 file;
+    check that it travels with the working tree within the device tool's 64 MiB."""
     from csa_lib.config import SHARED_ROOT
 
     src = Path(os.environ.get("CSA_PREPARE_FROM", SHARED_ROOT))
     if src.resolve() == GPU_DATA.resolve():
         src = REPO.parent / "shared"
-    items = [(src / "data" / "celeba_10k", None), (src / "data" / "nvidia_masks_256", args.mask_every),
-             (src / "weights" / VGG_FILE, None)]
-    for path, _ in items:
+    faces, masks, vgg = src / "data" / "celeba_10k", src / "data" / "nvidia_masks_256", src / "weights" / VGG_FILE
+    for path in (faces, masks, vgg):
         if not path.exists():
             print(f"--prepare-data: {path} not found", file=sys.stderr)
             return 2
+    tree, extra = travelling_bytes()
+    limit = args.max_mib * 2**20 if args.max_mib is not None else 63 * 2**20 - tree
+    files, mask_files = sorted(faces.iterdir()), sorted(masks.iterdir())
+    nbytes = lambda fs: sum(f.stat().st_size for f in fs)  # noqa: E731
+    # Defaults: all faces and every second mask when they fit, else every 8th mask and as many faces as fit.
+    every = args.mask_every or (2 if nbytes(files) + nbytes(mask_files[::2]) + vgg.stat().st_size <= limit
+                                else 8)
+    room = limit - vgg.stat().st_size - nbytes(mask_files[::every])
+    n = args.faces or max(0, min(len(files), int(0.98 * room / (nbytes(files) / len(files)))))
+    n = min(n, len(files))
+    if args.faces is None and n < 100:
+        print(f"--prepare-data: only {n} faces fit in {limit / 2**20:.1f} MiB", file=sys.stderr)
+        return 2
     shutil.rmtree(GPU_DATA, ignore_errors=True)
-    for path, every in items:
-        dest = GPU_DATA / path.relative_to(src)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            shutil.copy2(path, dest)
-            continue
-        dest.mkdir()
-        for i, f in enumerate(sorted(path.iterdir())):
-            if every is None or i % every == 0:
-                shutil.copy2(f, dest / f.name)
+    head = round(0.9 * n)
+    picks = [(faces, files[:head] + files[len(files) - (n - head):]),
+             (masks, mask_files[::every]), (vgg.parent, [vgg])]
+    for folder, chosen in picks:
+        dest = GPU_DATA / folder.relative_to(src)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in chosen:
+            shutil.copy2(f, dest / f.name)
     total = sum(f.stat().st_size for f in GPU_DATA.rglob("*") if f.is_file())
-    print(f"{GPU_DATA}: {total / 2**20:.1f} MiB "
-          f"({sum(1 for _ in (GPU_DATA / 'data' / 'nvidia_masks_256').iterdir())} masks)")
-    if total > args.max_mib * 2**20:
-        print(f"--prepare-data: {total / 2**20:.1f} MiB is over --max-mib {args.max_mib} (the device tool "
-              "carries 64 MiB with the working tree); raise --mask-every", file=sys.stderr)
+    print(f"{GPU_DATA}: {total / 2**20:.1f} MiB ({n} faces, {len(picks[1][1])} masks); the working tree (with the "
+          f"carried folders) sends {tree / 2**20:.1f} MiB more; carry={[GPU_DATA.name] + extra}")
+    if total > limit:
+        print(f"--prepare-data: {total / 2**20:.1f} MiB is over the {limit / 2**20:.1f} MiB left of the device "
+              "tool's 64 MiB; lower --faces or raise --mask-every", file=sys.stderr)
         return 2
     return 0
 
@@ -640,8 +679,12 @@ def main(argv=None) -> int:
                    help="no part starts after this many minutes; notebooks are stopped half a minute later")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--prepare-data", action="store_true", help="fill .gpu_data/ from ../shared and exit")
-    p.add_argument("--mask-every", type=int, default=2, help="--prepare-data: keep every k-th mask file")
-    p.add_argument("--max-mib", type=float, default=54.0, help="--prepare-data: size limit of .gpu_data")
+    p.add_argument("--mask-every", type=int, default=None,
+                   help="--prepare-data: keep every k-th mask file (default: 2 when all fits, else 8)")
+    p.add_argument("--faces", type=int, default=None,
+                   help="--prepare-data: CelebA faces to copy (default: all 10,000 or as many as fit)")
+    p.add_argument("--max-mib", type=float, default=None,
+                   help="--prepare-data: size limit of .gpu_data (default: 63 MiB minus what travels anyway)")
     args = p.parse_args(argv)
     if args.prepare_data:
         return prepare_data(args)

@@ -671,15 +671,29 @@ def explorer_static(image: torch.Tensor, mask: torch.Tensor, att, positions: Seq
     return fig
 
 
+def _ipympl_canvas(figsize: tuple[float, float]):
+    """A new figure on an ipympl canvas (a widget that sends mouse events to the kernel), without
+    switching pyplot's backend: other figures stay inline. None when ipympl is not installed."""
+    try:
+        from ipympl.backend_nbagg import Canvas, FigureManager
+    except ImportError:
+        return None
+    canvas = Canvas(Figure(figsize=figsize))
+    FigureManager(canvas, 0)  # the toolbar and the canvas' manager; not registered with pyplot
+    canvas.header_visible = False
+    return canvas
+
+
 class AttentionExplorer:
-    """Interactive view of one hole position: sliders pick a feature cell ``(y, x)`` (or click on the
-    overview when matplotlib runs an interactive backend such as ipympl); the figure shows the cell's
-    source patch, its attention row and its ``k`` predecessors in the chain.
+    """Interactive view of one hole position: sliders pick a feature cell ``(y, x)``, and so does a click
+    on the overview panel when ipympl is installed (the figure is then a live ipympl canvas); the figure
+    shows the cell's source patch, its attention row and its ``k`` predecessors in the chain.
 
     ``display(explorer)`` (or leaving it as a cell's last expression) shows the widgets when ipywidgets
-    is installed; without ipywidgets it shows :meth:`static`. Widgets in a kernel with no frontend (a
-    test run, nbconvert) are harmless: nothing renders, nothing fails. Use :meth:`static` for a figure
-    that reads well without a live kernel.
+    is installed; without ipywidgets it shows :meth:`static`. Without ipympl the figure is a picture
+    redrawn on every slider move (clicks cannot reach the kernel). Widgets in a kernel with no frontend
+    (a test run, nbconvert) are harmless: nothing renders, nothing fails. Use :meth:`static` for a
+    figure that reads well without a live kernel.
     """
 
     def __init__(self, image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, k: int = 3):
@@ -690,18 +704,22 @@ class AttentionExplorer:
         first = int(att.hole_index[i, int(att.count[i]) // 2])
         self.start = divmod(first, att.size[1])  # (y, x) of the middle hole
 
-    def figure(self, y: int, x: int) -> Figure:
-        """The three explorer panels for feature cell ``(y, x)`` (a message if it is a known position)."""
+    def draw(self, axes, y: int, x: int) -> None:
+        """Draw the three explorer panels for feature cell ``(y, x)`` into ``axes`` (three Axes)."""
         t = hole_step(self.att, self.i, y, x)
-        fig, axes = _grid(1, 3, cell=2.8)
         if t is None:
-            axes[0, 0].imshow(masked_display(self.image, self.mask, fill=0.85))
-            axes[0, 0].add_patch(_cell_rect(y, x, self.stride, edgecolor="red", lw=1.5))
-            axes[0, 0].set_title(f"{(y, x)} is a known position: pick a hole", fontsize=8)
-            for ax in axes[0, 1:]:
+            axes[0].imshow(masked_display(self.image, self.mask, fill=0.85))
+            axes[0].add_patch(_cell_rect(y, x, self.stride, edgecolor="red", lw=1.5))
+            axes[0].set_title(f"{(y, x)} is a known position: pick a hole", fontsize=8)
+            for ax in axes[1:]:
                 ax.set_axis_off()
         else:
-            _draw_explorer_row(axes[0], self.image, self.mask, self.att, self.i, t, self.k)
+            _draw_explorer_row(axes, self.image, self.mask, self.att, self.i, t, self.k)
+
+    def figure(self, y: int, x: int) -> Figure:
+        """The three explorer panels for feature cell ``(y, x)`` (a message if it is a known position)."""
+        fig, axes = _grid(1, 3, cell=2.8)
+        self.draw(axes[0], y, x)
         fig.tight_layout()
         return fig
 
@@ -710,34 +728,64 @@ class AttentionExplorer:
         return explorer_static(self.image, self.mask, self.att, positions, self.i, self.k)
 
     def widget(self):
-        """An ipywidgets VBox (sliders + output); raises ImportError when ipywidgets is missing."""
+        """An ipywidgets VBox: sliders, and the figure as a live ipympl canvas (click the overview to
+        pick a cell) or, without ipympl, as a picture. Raises ImportError when ipywidgets is missing."""
         import ipywidgets as widgets
-        from IPython.display import display
 
         h, w = self.att.size
         ys = widgets.IntSlider(value=self.start[0], min=0, max=h - 1, description="y (feature)")
         xs = widgets.IntSlider(value=self.start[1], min=0, max=w - 1, description="x (feature)")
+        sliders = widgets.HBox([ys, xs])
+        canvas = _ipympl_canvas(figsize=(2.8 * 3, 2.8))
+        if canvas is None:
+            return widgets.VBox([sliders, self._picture(ys, xs),
+                                 widgets.HTML("<i>click-to-pick needs ipympl (pip install ipympl); "
+                                              "the sliders pick the cell</i>")])
+        fig = canvas.figure
+        axes = fig.subplots(1, 3, squeeze=False)[0]
+        canvas.add_class("csa-explorer")
+
+        def redraw(*_):
+            for ax in axes:
+                ax.clear()
+                ax.set_axis_on()
+                ax.set_xticks([])
+                ax.set_yticks([])
+            self.draw(axes, ys.value, xs.value)
+            fig.tight_layout()
+            canvas.draw_idle()
+
+        # A click on the overview moves the sliders, which redraw the figure.
+        canvas.mpl_connect("button_press_event", lambda ev: self._on_click(ev, axes[0], ys, xs))
+        ys.observe(redraw, names="value")
+        xs.observe(redraw, names="value")
+        redraw()
+        return widgets.VBox([sliders, canvas])
+
+    def _picture(self, ys, xs):
+        """Without ipympl: an Output that shows the figure as a picture, redrawn when a slider moves."""
+        import ipywidgets as widgets
+        from IPython.display import display
+
         out = widgets.Output()
 
         def redraw(*_):
             with out:
                 out.clear_output(wait=True)
                 fig = self.figure(ys.value, xs.value)
-                # A click on the overview moves the sliders (needs an interactive backend, e.g. ipympl).
-                fig.canvas.mpl_connect("button_press_event", lambda ev: self._on_click(ev, fig, ys, xs))
                 display(fig)
                 plt.close(fig)
 
         ys.observe(redraw, names="value")
         xs.observe(redraw, names="value")
         redraw()
-        return widgets.VBox([widgets.HBox([ys, xs]), out])
+        return out
 
-    def _on_click(self, event, fig, ys, xs) -> None:
-        if event.inaxes is not fig.axes[0] or event.xdata is None:
+    def _on_click(self, event, overview, ys, xs) -> None:
+        if event.inaxes is not overview or event.xdata is None:
             return
-        ys.value = int((event.ydata + 0.5) // self.stride[0])
-        xs.value = int((event.xdata + 0.5) // self.stride[1])
+        ys.value = min(ys.max, max(0, int((event.ydata + 0.5) // self.stride[0])))
+        xs.value = min(xs.max, max(0, int((event.xdata + 0.5) // self.stride[1])))
 
     def _ipython_display_(self):
         from IPython.display import display
