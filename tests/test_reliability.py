@@ -495,3 +495,21 @@ def test_csa_single_image_uses_one_thread_on_a_busy_machine(monkeypatch):
     monkeypatch.setattr(csa, "_BUSY", {"t": -1.0, "busy": True})
     monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.0, 0.0))
     assert not csa._cores_busy()
+
+
+def test_inpaint_names_the_bad_file_and_warns_on_a_whole_image_hole(tmp_path, capsys, small_run):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(mask)
+    ckpt = ["--checkpoint", str(small_run / "checkpoints" / "last.pt"), "--threads", "1", "-o", str(tmp_path / "o.png")]
+    (tmp_path / "bad_mask.png").write_bytes(mask.read_bytes()[:30])
+    line = error_of(capsys, "inpaint", str(photo), str(tmp_path / "bad_mask.png"), *ckpt)
+    assert "cannot read mask" in line and "bad_mask.png" in line
+    (tmp_path / "cut.png").write_bytes(photo.read_bytes()[:200])
+    line = error_of(capsys, "inpaint", str(tmp_path / "cut.png"), str(mask), *ckpt)
+    assert "cannot read image" in line and "cut.png" in line
+
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(mask)
+    assert main(["inpaint", str(photo), str(mask), *ckpt]) == 0
+    assert "covers the whole image" in capsys.readouterr().err
