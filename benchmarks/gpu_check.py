@@ -452,19 +452,25 @@ nb = nbformat.read(nb_path, as_version=4)
 nb.cells.insert(0, nbformat.v4.new_code_cell(%r.format(budget=budget)))
 client = NotebookClient(nb, timeout=None, kernel_name="python3",
                         resources={"metadata": {"path": os.path.dirname(os.path.abspath(nb_path))}})
-records = []
+from datetime import datetime
+error = None
 try:
     client.execute()
 except CellExecutionError as e:
-    records.append({"cell": None, "ok": False, "error": str(e)[-4000:], "seconds": 0.0})
+    error = str(e)[-4000:]
+records = []
 for i, c in enumerate(cell for cell in nb.cells[1:] if cell.cell_type == "code"):
     ex = c.get("metadata", {}).get("execution", {})
-    t = 0.0
-    if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
-        from datetime import datetime
-        f = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
-        t = (f(ex["shell.execute_reply"]) - f(ex["iopub.execute_input"])).total_seconds()
-    records.insert(i, {"cell": i, "ok": True, "seconds": round(t, 2)})
+    if "iopub.execute_input" not in ex or "shell.execute_reply" not in ex:
+        break                                             # not reached: an earlier cell failed
+    f = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+    t = (f(ex["shell.execute_reply"]) - f(ex["iopub.execute_input"])).total_seconds()
+    records.append({"cell": i, "ok": True, "seconds": round(t, 2)})
+if error is not None:  # the last cell that ran is the one that failed
+    if records:
+        records[-1].update(ok=False, error=error)
+    else:
+        records.append({"cell": 0, "ok": False, "error": error, "seconds": 0.0})
 json.dump(records, open(report, "w"))
 """ % BUDGET_CELL
 
