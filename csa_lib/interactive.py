@@ -56,16 +56,17 @@ class PhotoInpainter:
         preprocessing: ``{image_size, resize, crop_top}`` (a model card's ``preprocessing``, or
             :func:`csa_lib.cli.checkpoint_preprocessing`), or the training size as an int.
         photos: ``{name: PIL image}`` to start with (e.g. the embedded samples).
-        scale: display pixels per network pixel (default: about 256 px wide canvases).
-        brush: brush radius in network pixels.
+        scale: display pixels per network pixel (default: about 192 px wide canvases).
+        brush: brush radius in network pixels (default 4: a stroke as wide as one cell of the CSA
+            layer's 1/8 grid, so every stroke makes hole positions there).
     """
 
     def __init__(self, generator, preprocessing: dict | int, photos: dict | None = None,
-                 scale: int | None = None, brush: float = 2.5):
+                 scale: int | None = None, brush: float = 4.0):
         self.G = generator
         self.pre = {"image_size": preprocessing} if isinstance(preprocessing, int) else dict(preprocessing)
         self.S = int(self.pre["image_size"])
-        self.scale = scale or max(1, round(256 / self.S))
+        self.scale = scale or max(1, round(192 / self.S))  # four panels of ~192 px fit a notebook
         self.brush = brush
         self.photos: dict[str, torch.Tensor] = {}
         self.name: str | None = None
@@ -73,6 +74,7 @@ class PhotoInpainter:
         self.mask = torch.zeros(1, self.S, self.S)
         self.result: dict | None = None   # fill, composite, attention, seconds
         self.picked: dict | None = None   # the last pick(): cell, source, weight, heat
+        self.missed: tuple[int, int] | None = None  # a picked cell that is known at the feature grid
         for name, img in (photos or {}).items():
             self.add_photo(name, img, select=False)  # the first photo stays selected
 
@@ -134,7 +136,7 @@ class PhotoInpainter:
         fill = out.refined[0].float().cpu().clamp(-1, 1)
         self.result = {"fill": fill, "composite": self.image * (1 - self.mask) + fill * self.mask,
                        "attention": out.attention, "seconds": time.perf_counter() - t0}
-        self.picked = None
+        self.picked = self.missed = None
         return self.result
 
     def pick(self, y: float, x: float) -> dict | None:
@@ -150,6 +152,7 @@ class PhotoInpainter:
         sy, sx = self.S // h, self.S // w
         cy, cx = min(h - 1, max(0, int(y // sy))), min(w - 1, max(0, int(x // sx)))
         t = viz.hole_step(att, 0, cy, cx)
+        self.missed = None if t is not None else (cy, cx)
         if t is None:
             self.picked = None
             return None
@@ -164,6 +167,9 @@ class PhotoInpainter:
             return f"{self.name}: hole {float(self.mask.mean()):.0%} of the image; draw, then release to fill"
         msg = (f"{self.name}: filled {int(self.mask.sum())} px ({float(self.mask.mean()):.0%}) in "
                f"{self.result['seconds']:.2f} s; click a hole position on the composite")
+        if self.missed is not None:
+            msg = (f"cell {self.missed} is a known position on the CSA layer's 1/8-resolution grid (a cell "
+                   "is a hole only when the hole covers enough of it): click in the thick of the hole")
         if self.picked is not None:
             p = self.picked
             msg = (f"hole cell {p['cell']} (chain step {p['t']}) <- source cell {p['source']}, "

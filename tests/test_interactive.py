@@ -52,6 +52,7 @@ def test_run_keeps_known_pixels_and_pick_reads_the_attention(app):
     assert torch.equal(res["composite"][known], app.image[known])
     assert not torch.equal(res["composite"], app.image)
     assert app.pick(0, 0) is None                     # a known position
+    assert "known position" in app.describe()
     p = app.pick(16, 16)
     assert p is not None and p["stride"] == (8, 8) and p["cell"] == (2, 2)
     assert abs(float(p["heat"].sum()) - 1) < 1e-5 and p["heat"].shape == (32, 32)
@@ -77,3 +78,30 @@ def test_widget_events_draw_fill_and_pick(app):
     assert app.picked is not None and "source cell" in w.status.value
     w.clear_button.click()
     assert not app.mask.any() and app.result is None
+
+
+def test_explorer_click_on_the_ipympl_canvas_picks_the_cell(generator):
+    """Notebook 08's explorer: a click on the overview of the live (ipympl) figure moves the sliders
+    and redraws the panels for the clicked cell."""
+    pytest.importorskip("ipympl")
+    from matplotlib.backend_bases import MouseEvent
+
+    from csa_lib import viz
+
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    out, _, _ = viz.run_with_attention_input(generator, image, mask)
+    explorer = viz.AttentionExplorer(image[0], mask[0], out.attention)
+    box = explorer.widget()
+    sliders, canvas = box.children
+    ys, xs = sliders.children
+    overview = canvas.figure.axes[0]
+    target = next((y, x) for y in range(4) for x in range(4)
+                  if viz.hole_step(out.attention, 0, y, x) is not None and (y, x) != (ys.value, xs.value))
+    centre = viz._cell_centre(*target, explorer.stride)          # (x, y) in image pixels
+    px, py = overview.transData.transform(centre)
+    canvas.callbacks.process("button_press_event", MouseEvent("button_press_event", canvas, px, py, button=1))
+    assert (ys.value, xs.value) == target
+    assert f"at {target}" in overview.get_title()
