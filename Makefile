@@ -26,7 +26,7 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: setup demo test test-py test-nb test-browser lab bench clean
+.PHONY: setup demo test test-py test-nb test-browser lab book bench clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,11 @@ test-browser: setup
 
 lab: setup
 	$(PY) -m jupyter lab $(LAB_ROOT) $(LAB_ARGS) notebooks/
+
+# The notebooks as HTML pages with their outputs and figures (executed in the smoke profile, one after
+# another): open build/book/index.html. CSA_PROFILE=laptop make book for the larger runs (minutes).
+book: setup
+	$(if $(CSA_PROFILE),,CSA_SMOKE=1) MPLBACKEND=Agg $(PY) docs/build_book.py --out build/book
 
 bench: setup
 	$(PY) benchmarks/bench_csa.py

@@ -483,7 +483,8 @@ def _default_step(att, i: int) -> int:
 def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: int | None = None) -> Figure:
     """Four panels for image ``i``: masked input, CSA offsets (image space), the heat map of chain
     step ``t`` (default: middle of the chain) with the hole cell (cyan) and its source (lime), and the
-    chain balance ``a_t`` (weight on the previously generated vector).
+    chain balance ``a_t`` (weight on the previously generated vector). ``t`` is a 0-based index; titles
+    show the 1-based step ``t + 1`` of the equations (docs/notation.md).
 
     Args: image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]`` (1 = hole), att a CSAAttention.
     """
@@ -496,7 +497,7 @@ def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: 
     axes[0, 0].set_title("input (masked)", fontsize=9)
     plot_offsets(upsample_offsets(attention_offsets(att, i), (H, W)), ax=axes[0, 1], title="CSA offsets")
     grey = to_display(image)
-    _imshow_map(axes[0, 2], attention_heatmap(att, i, t, (H, W)), f"row w_t, t={t}", background=grey)
+    _imshow_map(axes[0, 2], attention_heatmap(att, i, t, (H, W)), f"row w_t, t={t + 1}", background=grey)
     axes[0, 2].add_patch(_cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5))
     axes[0, 2].add_patch(_cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5))
     _imshow_map(axes[0, 3], upsample_map(chain_balance(att, i)[0], (H, W)), "a_t: continue previous",
@@ -536,6 +537,7 @@ def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torc
     Top row: argmax offsets of each method (same colour scale) with the neighbour coherence (fraction of
     adjacent hole pairs that copy a contiguous patch) in the titles. Bottom row: where the hole cell of
     chain step ``t`` takes its feature from under each method (CSA row ``w_t``; contextual softmax row).
+    ``t`` is a 0-based index; the title shows the 1-based step ``t + 1`` (docs/notation.md).
 
     Args: image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]``, att CSAAttention, scores ``[B, h*w, h, w]``.
     """
@@ -557,7 +559,7 @@ def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torc
         plot_offsets(off, ax=axes[0, col], max_norm=max_norm, title=f"{name}: coherent pairs {coh:.0%}")
     axes[1, 0].imshow(to_display(image))
     axes[1, 0].add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
-    axes[1, 0].set_title(f"hole cell ({y}, {x}), t={t}", fontsize=9)
+    axes[1, 0].set_title(f"hole cell ({y}, {x}), t={t + 1}", fontsize=9)
     grey = to_display(image)
     for ax in axes[1, 1:]:
         ax.add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
