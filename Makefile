@@ -73,7 +73,7 @@ lab: setup
 # The notebooks as HTML pages with their outputs and figures (executed in the smoke profile, one after
 # another): open build/book/index.html. CSA_PROFILE=laptop make book for the larger runs (minutes).
 book: setup
-	$(if $(CSA_PROFILE),,CSA_SMOKE=1) MPLBACKEND=Agg $(PY) docs/build_book.py --out build/book
+	$(if $(CSA_PROFILE),,CSA_SMOKE=1) $(PY) docs/build_book.py --out build/book
 
 bench: setup
 	$(PY) benchmarks/bench_csa.py
