@@ -2,6 +2,7 @@
 
     csa train --preset demo [--data DIR] [--masks DIR] [--vgg-weights SPEC] [--steps N] [--out DIR]
               [--resume] [--set section.field=value ...]
+    torchrun --standalone --nproc_per_node N -m csa_lib.cli train ...   # N GPUs (README: several GPUs)
     csa eval CHECKPOINT [--data DIR] [--masks DIR] [--range START:STOP]
     csa inpaint IMAGE MASK -o OUT.png [--checkpoint CKPT]  # or --mask center|irregular; or a folder
     csa weights [vgg16] [inception_v3]           # fetch torchvision's weights (the one download)

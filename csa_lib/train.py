@@ -23,7 +23,10 @@ What the trainer adds around that step:
 - a stop with :class:`NonFiniteLossError` on the first NaN/Inf loss (or gradient), before anything is
   written, so the last good checkpoint stays intact;
 - logs: a tqdm bar, ``log.jsonl`` (one JSON object per logged step), TensorBoard when installed, and sample
-  grids (input | coarse | refined | composite | ground truth) under ``samples/``.
+  grids (input | coarse | refined | composite | ground truth) under ``samples/``;
+- under ``torchrun`` (:mod:`csa_lib.distributed`): G, D and F in DistributedDataParallel, each rank its
+  slice of the global batch, losses over the global batch, logs averaged over the ranks, files, the run
+  lock and the repairs on resume by rank 0 only.
 
 Determinism. On the CPU a killed and resumed run ends bit-identical to an uninterrupted one (tested). On
 CUDA what resumes exactly is the state: the data order, the masks and flips, the RNG states, the step
