@@ -501,6 +501,14 @@ def part_e(device, z, args) -> dict:
     tmp = args.work / "notebooks"
     tmp.mkdir(parents=True, exist_ok=True)
     out = {"profile": "smoke" if args.smoke else "full", "budget_s_per_fit": args.nb_budget_s}
+    faces = Path(os.environ.get("CSA_SHARED_ROOT", "")) / "data" / "celeba_10k"
+    if faces.is_dir() and len(list(faces.iterdir())) < 10000:
+        # a reduced --prepare-data folder: the notebooks index the full 10k (held-out 9,001-10,000), so
+        # they take their no-CelebA branches instead (an empty shared root)
+        (tmp / "no_shared").mkdir(exist_ok=True)
+        env["CSA_SHARED_ROOT"] = str(tmp / "no_shared")
+        out["shared_root"] = "empty: the carried CelebA folder is reduced"
+
     for name in args.notebooks:
         path = REPO / "notebooks" / f"{name}.ipynb"
         # each notebook ends by the hard stop (half a minute after --deadline-min): the report comes back
