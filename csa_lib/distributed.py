@@ -147,7 +147,13 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index if device.index is not None else local_rank()] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids, forward_sync_buffers=False)
+    # torch >= 2.12 names it forward_sync_buffers (broadcast_buffers is deprecated there); 2.11 knows only
+    # broadcast_buffers
+    import inspect
+
+    sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else \
+        "broadcast_buffers"
+    return DDP(module, device_ids=ids, **{sync: False})
 
 
 # --------------------------------------------------------------------------------------------------
