@@ -3,6 +3,7 @@
 The notebooks are executed by nbval in `make test`; this module checks how they are *stored*, which is
 the README's promise (outputs come from your own run, never from the repository).
 """
+import re
 from pathlib import Path
 
 import nbformat
@@ -34,4 +35,90 @@ def test_notebook_teaches_and_starts_with_setup(path: Path):
     assert "what you will learn" in text, f"{path.name}: needs a 'What you will learn' section"
     assert "exercise" in text, f"{path.name}: needs exercises"
     first_code = next(c.source for c in nb.cells if c.cell_type == "code")
-    assert "profile:" in first_code and "smoke_mode" in first_code, f"{path.name}: first code cell must print the profile"
+    assert "profile:" in first_code, f"{path.name}: first code cell must print the profile"
+
+
+# --------------------------------------------------------------------------------------------------
+# Teaching rules (issue 14): runtime line, answerable exercises, references that resolve
+# --------------------------------------------------------------------------------------------------
+#: (notebook, rule) pairs not yet met, owned by other work in progress (issue 14: the lead applies the
+#: teaching pass to 07/08; 09 is new). Strict: once a notebook meets the rule its entry must go.
+PENDING = {("07_evaluation.ipynb", "exercises"), ("08_visualizing_attention.ipynb", "exercises"),
+           ("09_inpaint_your_own_photo.ipynb", "exercises"), ("09_inpaint_your_own_photo.ipynb", "runtime")}
+
+
+def _cases(rule: str) -> list:
+    return [pytest.param(p, id=p.name, marks=pytest.mark.xfail(strict=True, reason=f"issue 14: {rule} pending"))
+            if (p.name, rule) in PENDING else pytest.param(p, id=p.name) for p in NOTEBOOKS]
+
+
+def _markdown(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def _all_text(nb) -> str:
+    return "\n".join(c.source for c in nb.cells)
+
+
+@pytest.mark.parametrize("path", _cases("runtime"))
+def test_title_cell_states_the_runtime_of_each_profile(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    title = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    line = next((ln for ln in title.split("\n\n") if "**Runtime**" in ln), None)
+    assert line is not None, f"{path.name}: the title cell needs a '**Runtime**' paragraph"
+    for profile in ("smoke", "full"):
+        assert profile in line, f"{path.name}: the runtime paragraph must name the {profile} profile"
+    assert "RUNTIME_" not in title, f"{path.name}: an unfilled runtime placeholder"
+    first_code = next(c.source for c in nb.cells if c.cell_type == "code")
+    assert "notebook_profile()" in first_code and "DEVICE" in first_code, (
+        f"{path.name}: the first code cell must take its profile from csa_lib.config.notebook_profile()")
+
+
+def _exercises(text: str) -> list[str]:
+    """The exercise blocks: from each '**Exercise N.**' to the next one (or the end of the section)."""
+    section = text[text.lower().index("## exercises"):] if "## exercises" in text.lower() else ""
+    return re.split(r"(?=\*\*Exercise \d+\.\*\*)", section)[1:]
+
+
+@pytest.mark.parametrize("path", _cases("exercises"))
+def test_every_exercise_has_a_hint_and_a_solution(path: Path):
+    """Exercises are written '**Exercise N.** question', each followed by a collapsible
+    '<details><summary>Hint</summary>...</details>' and '<details><summary>Solution</summary>...</details>'
+    (code solutions as ```python blocks, run once by their author; see CONTRIBUTING)."""
+    blocks = _exercises(_markdown(nbformat.read(path, as_version=4)))
+    assert blocks, f"{path.name}: the '## Exercises' section needs '**Exercise N.**' items"
+    for k, block in enumerate(blocks, 1):
+        assert block.startswith(f"**Exercise {k}.**"), f"{path.name}: exercises must be numbered 1, 2, ...: {block[:40]!r}"
+        for part in ("Hint", "Solution"):
+            m = re.search(rf"<details><summary>{part}</summary>(.*?)</details>", block, flags=re.S)
+            assert m and len(m.group(1).strip()) > 20, f"{path.name}: exercise {k} needs a non-empty {part}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading: lower case, punctuation dropped, spaces -> hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+#: Paths that notebooks may name although they are not in the repository (they are made by a run).
+_GENERATED = ("runs/", "build/", "/tmp/")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_references_point_to_things_that_exist(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    text = _all_text(nb)
+    assert "CSA_SPEC" not in text, f"{path.name}: cites CSA_SPEC, which is not in the repository (docs/method.md is)"
+    # notebook N: a notebook with that number must exist
+    numbers = {p.name[:2] for p in NOTEBOOKS}
+    for n in re.findall(r"\bnotebooks? (\d\d)\b", text):
+        assert n in numbers, f"{path.name}: refers to notebook {n}, which does not exist"
+    # relative links and repository paths in the markdown
+    md = _markdown(nb)
+    for target in re.findall(r"\]\((\.\./[^)#\s]+)", md):
+        assert (path.parent / target).resolve().exists(), f"{path.name}: link to a missing file {target}"
+    for target, anchor in re.findall(r"\]\((\.\./[^)#\s]+\.md)#([\w-]+)\)", md):
+        headings = re.findall(r"^#+ (.+)$", (path.parent / target).resolve().read_text(), flags=re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{path.name}: no heading for the anchor {target}#{anchor}"
+    for target in re.findall(r"`?\b((?:docs|benchmarks|data|csa_lib|tests|notebooks)/[\w./-]+\.(?:md|py|ipynb|txt))", md):
+        if not target.startswith(_GENERATED):
+            assert (REPO_ROOT / target).exists(), f"{path.name}: names a missing file {target}"
