@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse per-model results already saved in --out (scores/<name>.pt) instead of recomputing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     for what, path in (("--data", args.data), ("--masks", args.masks)):
@@ -82,18 +84,33 @@ def main(argv=None) -> int:
               split=split, progress=True)
     models = dict(m.split("=", 1) for m in args.model)
     results, timings = {}, {}
-    if args.biharmonic:
+    scores = args.out / "scores"
+
+    def score(name, fn, **extra):
+        """Evaluate (or, with --reuse, load the saved per-image scores of) one row of the table."""
+        from csa_lib.metrics import EvalResult
+
+        cache = scores / f"{name.replace(' ', '_')}.pt"
+        if args.reuse and cache.is_file():
+            saved = torch.load(cache, weights_only=True)
+            results[name] = EvalResult(values=saved["values"], bins=list(saved["bins"]), output=saved["output"],
+                                       stage=saved["stage"], masks=saved["masks"], split=saved["split"])
+            return
         t = time.perf_counter()
-        results["biharmonic"] = evaluate(biharmonic_inpaint, protocol, **kw)
-        timings["biharmonic"] = time.perf_counter() - t
+        results[name] = r = evaluate(fn, protocol, **kw, **extra)
+        timings[name] = time.perf_counter() - t
+        scores.mkdir(parents=True, exist_ok=True)
+        torch.save({"values": r.values, "bins": r.bins, "output": r.output, "stage": r.stage,
+                    "masks": r.masks, "split": r.split}, cache)
+
+    if args.biharmonic:
+        score("biharmonic", biharmonic_inpaint)
     generators = {}
     for name, spec in models.items():
         generators[name] = load_model(spec)
         if name in args.coarse:
-            results[f"{name} coarse"] = evaluate(generators[name], protocol, stage="coarse", **kw)
-        t = time.perf_counter()
-        results[name] = evaluate(generators[name], protocol, **kw)
-        timings[name] = time.perf_counter() - t
+            score(f"{name} coarse", generators[name], stage="coarse")
+        score(name, generators[name])
 
     args.out.mkdir(parents=True, exist_ok=True)
     table = results_table(results)
@@ -104,6 +121,39 @@ def main(argv=None) -> int:
         {"protocol": {"split": split, "masks": protocol.describe(), "seed": args.seed, "n": len(protocol)},
          "models": models, "results": summary, "seconds": timings,
          "threads": args.threads, "torch": torch.__version__}, indent=2) + "\n")
+
+    # Where in the hole each method wins: squared error by distance to the known region, large-hole bins.
+    from csa_lib.metrics import error_by_border_distance
+
+    big = [j for j, b in enumerate(protocol.labels) if b in ("30-40%", "40-50%", "50-60%")]
+    fills = {"biharmonic": biharmonic_inpaint} if args.biharmonic else {}
+    for name, g in generators.items():
+        if name in args.coarse:
+            fills[f"{name} coarse"] = (lambda g: lambda x, m: x * (1 - m) + g(x, m).coarse * m)(g)
+        fills[name] = (lambda g: lambda x, m: g(x, m).composite)(g)
+    sums: dict[str, dict[str, list[float]]] = {}
+    for k in range(0, len(big), args.batch_size):
+        idx = big[k:k + args.batch_size]
+        x = torch.stack([protocol[j][0] for j in idx])
+        m = torch.stack([protocol[j][1] for j in idx])
+        for name, fill in fills.items():
+            with torch.no_grad():
+                bands = error_by_border_distance(fill(x, m).float(), x, m)
+            for band, (mse, n) in bands.items():
+                acc = sums.setdefault(name, {}).setdefault(band, [0.0, 0])
+                acc[0] += (mse * n) if n else 0.0
+                acc[1] += n
+    names = list(next(iter(sums.values()))) if sums else []
+    lines = ["| fill | " + " | ".join(f"distance {b} px" for b in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for name, bands in sums.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * s / max(n, 1):.2f}" for s, n in bands.values()) + " |")
+    counts = [n for _, n in next(iter(sums.values())).values()] if sums else []
+    lines += ["", f"Mean squared error (% of the [0, 1] range squared) of hole pixels by chessboard distance to "
+              f"the nearest known pixel; {len(big)} faces of the 30-60 % bins; hole pixels per band: "
+              + ", ".join(f"{b}: {n:,}" for b, n in zip(names, counts)) + "."]
+    (args.out / "border.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
     # One face per bin: input | biharmonic | coarse | models | truth.
     idx = list(range(min(6, len(protocol))))

@@ -544,3 +544,40 @@ class BinnedMaskProtocol(torch.utils.data.Dataset):
     def describe(self) -> str:
         return (f"folder {Path(str(self.masks.root)).name}: {len(self) // len(self.bins)}+ fixed masks "
                 f"per bin {', '.join(self.bins)} (file ratio bins)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Where in the hole: errors by distance to the known region
+# --------------------------------------------------------------------------------------------------
+def border_distance(mask: Tensor) -> Tensor:
+    """Chessboard distance of every hole pixel to the nearest known pixel: ``[B,1,H,W]`` long, 0 outside.
+
+    mask ``[B,1,H,W]`` (1 = hole). A hole pixel that touches a known pixel (also diagonally) has distance
+    1, the next ring 2, and so on; computed by repeated 3x3 erosions of the hole.
+    """
+    hole = (mask > 0.5).float()
+    dist = torch.zeros_like(hole)
+    while hole.any():
+        dist += hole
+        hole = -F.max_pool2d(-hole, 3, stride=1, padding=1)  # erosion: a pixel stays if all 8 neighbours are holes
+    return dist.long()
+
+
+def error_by_border_distance(pred: Tensor, target: Tensor, mask: Tensor,
+                             bands=((1, 1), (2, 2), (3, 4), (5, None))) -> dict[str, tuple[float, int]]:
+    """Mean squared error (on [0, 1] images) of hole pixels grouped by their distance to the known region.
+
+    pred, target ``[B,3,H,W]`` in [-1, 1]; mask ``[B,1,H,W]``. Returns ``{"1": (mse, n), "2": ..., "3-4": ...,
+    "5+": ...}`` with ``n`` the number of hole pixels in each band (summed over the batch). Near the border
+    a smooth continuation of the known pixels is hard to beat; deep inside a large hole only a model of
+    the image content helps: the bands separate the two.
+    """
+    err = ((to_unit(pred) - to_unit(target)) ** 2).mean(dim=1, keepdim=True)
+    dist = border_distance(mask)
+    out = {}
+    for lo, hi in bands:
+        sel = (dist >= lo) & ((dist <= hi) if hi is not None else (dist > 0))
+        name = f"{lo}" if hi == lo else (f"{lo}+" if hi is None else f"{lo}-{hi}")
+        n = int(sel.sum())
+        out[name] = (float(err[sel].mean()) if n else float("nan"), n)
+    return out

@@ -56,3 +56,18 @@ def test_binned_protocol_is_fixed_and_balanced(tmp_path):
     assert "N" in results_table(res)
     with pytest.raises(ValueError, match="has 4 masks in bin 0-10%, the protocol needs 6"):
         BinnedMaskProtocol(images * 2, folder, bins=bins)
+
+
+def test_border_distance_and_error_bands():
+    from csa_lib.metrics import border_distance, error_by_border_distance
+
+    mask = torch.zeros(1, 1, 9, 9)
+    mask[..., 1:8, 1:8] = 1  # a 7x7 hole: rings at distance 1, 2, 3 and the centre at 4
+    d = border_distance(mask)[0, 0]
+    assert d[0, 0] == 0 and d[1, 1] == 1 and d[2, 2] == 2 and d[3, 3] == 3 and d[4, 4] == 4
+    assert [(d == k).sum().item() for k in (1, 2, 3, 4)] == [24, 16, 8, 1]
+    target = torch.zeros(1, 3, 9, 9)
+    pred = target.clone()
+    pred[..., 4, 4] = 1.0  # only the centre pixel is wrong: 0.5 in [0, 1] units, squared 0.25
+    bands = error_by_border_distance(pred, target, mask, bands=((1, 1), (2, 3), (4, None)))
+    assert bands["1"] == (0.0, 24) and bands["2-3"] == (0.0, 24) and bands["4+"] == (0.25, 1)
