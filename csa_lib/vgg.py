@@ -120,6 +120,11 @@ def read_torchvision_cache(path: str | Path) -> dict[str, Tensor]:
         if not sha.hexdigest().startswith(want):
             raise ValueError(f"{path}: SHA-256 {sha.hexdigest()[:8]}... does not match the {want} in its name; "
                              "not torchvision's file (delete it and let torchvision fetch it again)")
+    return _load_state_dict_file(path)
+
+
+def _load_state_dict_file(path: Path) -> dict:
+    """``torch.load(path, weights_only=True)`` of a state-dict file; every failure names the file."""
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
@@ -161,12 +166,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"VGG16 weights file not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read VGG16 weights from {path}: {e}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a state dict (dict of tensors), got {type(raw).__name__}")
+    raw = _load_state_dict_file(path)
     needed = [f"features.{i}.{p}" for i in _CONV_INDICES for p in ("weight", "bias")]
     missing = [k for k in needed if k not in raw]
     if missing:
