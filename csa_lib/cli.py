@@ -280,12 +280,10 @@ def _read_mask(path, size: tuple[int, int]):
 
 def read_image(path):
     """``[3, H, W]`` in [-1, 1] from an image file, EXIF orientation applied (as a photo viewer shows it)."""
-    from PIL import ImageOps
-
     from .data import load_image, to_tensor
 
     _need_file(path, "image")
-    return to_tensor(ImageOps.exif_transpose(load_image(path)))
+    return to_tensor(load_image(path))  # load_image applies the EXIF orientation
 
 
 def read_image_and_mask(image_path, mask_path):

@@ -108,17 +108,14 @@ def read_torchvision_cache(path: str | Path) -> dict[str, Tensor]:
     Raises ``ValueError`` naming the file when the hash does not match or the file is not a plain state
     dict (nothing in the file is executed either way).
     """
-    import hashlib
+    from .pretrained import sha256_file
 
     path = Path(path)
     want = _hash_prefix(path)
     if want is not None:
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        if not sha.hexdigest().startswith(want):
-            raise ValueError(f"{path}: SHA-256 {sha.hexdigest()[:8]}... does not match the {want} in its name; "
+        digest = sha256_file(path)
+        if not digest.startswith(want):
+            raise ValueError(f"{path}: SHA-256 {digest[:8]}... does not match the {want} in its name; "
                              "not torchvision's file (delete it and let torchvision fetch it again)")
     return _load_state_dict_file(path)
 
