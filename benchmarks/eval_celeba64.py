@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from csa_lib.config import SHARED_ROOT, get_preset  # noqa: E402
+from csa_lib.config import SHARED_ROOT  # noqa: E402
 
 
 def load_model(spec: str):
@@ -39,18 +39,6 @@ def load_model(spec: str):
     from csa_lib.train import load_generator
 
     return load_generator(spec)[0]
-
-
-def build_protocol(data_dir: Path, mask_dir: Path, n: int, seed: int):
-    from csa_lib.data import build_dataset
-    from csa_lib.masks import MaskFolder
-    from csa_lib.metrics import BinnedMaskProtocol
-
-    cfg = get_preset("celeba64").data
-    cfg.root, cfg.masks, cfg.mask_dir = str(data_dir), "center", None  # images only; masks come below
-    cfg.eval_range = (cfg.eval_range[0], min(cfg.eval_range[0] + n, cfg.eval_range[1]))
-    images = build_dataset(cfg, "eval")
-    return BinnedMaskProtocol(images, MaskFolder(mask_dir, cfg.image_size, augment=False), seed=seed), cfg
 
 
 def main(argv=None) -> int:
@@ -75,11 +63,11 @@ def main(argv=None) -> int:
             ap.error(f"{what} {path} is not a folder")
 
     from csa_lib.baselines import biharmonic_inpaint
-    from csa_lib.metrics import evaluate, results_table
+    from csa_lib.metrics import evaluate, held_out_faces, results_table
     from csa_lib.viz import inpainting_grid
 
-    protocol, cfg = build_protocol(args.data, args.masks, args.n, args.seed)
-    split = f"{args.data.name} faces {cfg.eval_range[0] + 1}-{cfg.eval_range[1]} at {cfg.image_size} px"
+    protocol = held_out_faces(n=args.n, seed=args.seed, data_dir=args.data, mask_dir=args.masks)
+    split = f"{args.data.name} faces 9001-{9000 + len(protocol)} at 64 px"
     kw = dict(batch_size=args.batch_size, masks_by_bin=protocol.labels, masks=protocol.describe(),
               split=split, progress=True)
     models = dict(m.split("=", 1) for m in args.model)

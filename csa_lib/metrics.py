@@ -581,3 +581,24 @@ def error_by_border_distance(pred: Tensor, target: Tensor, mask: Tensor,
         n = int(sel.sum())
         out[name] = (float(err[sel].mean()) if n else float("nan"), n)
     return out
+
+
+def held_out_faces(start: int = 9000, n: int = 1000, bins=NVIDIA_BINS, seed: int = 1234,
+                   data_dir=None, mask_dir=None) -> BinnedMaskProtocol:
+    """The protocol of the shipped CelebA-64 model: held-out faces with fixed NVIDIA masks per bin.
+
+    Faces ``[start, start + n)`` of the ``celeba64`` preset's sorted folder (capped at its evaluation
+    range, 9,000-10,000), prepared as that preset prepares them (centre crop, 64 px), and a
+    :class:`BinnedMaskProtocol` over the NVIDIA mask folder. ``data_dir`` / ``mask_dir`` default to the
+    shared folders beside the repository. The benchmark script, notebook 07 and the tests all use this.
+    """
+    from csa_lib.config import SHARED_ROOT, get_preset
+    from csa_lib.data import build_dataset
+    from csa_lib.masks import MaskFolder
+
+    cfg = get_preset("celeba64").data
+    cfg.root = str(data_dir or cfg.root)
+    cfg.masks, cfg.mask_dir = "center", None  # the images only; the masks come from the protocol
+    cfg.eval_range = (start, min(start + n, cfg.eval_range[1]))
+    masks = MaskFolder(mask_dir or SHARED_ROOT / "data" / "nvidia_masks_256", cfg.image_size, augment=False)
+    return BinnedMaskProtocol(build_dataset(cfg, "eval"), masks, bins=bins, seed=seed)

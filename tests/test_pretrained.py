@@ -111,15 +111,9 @@ def test_shipped_model_fills_a_real_face_better_than_a_flat_fill():
 
 
 def _held_out_large_holes(n_per_bin: int = 12):
-    from csa_lib.data import build_dataset
-    from csa_lib.masks import MaskFolder
-    from csa_lib.metrics import BinnedMaskProtocol
+    from csa_lib.metrics import held_out_faces
 
-    cfg = get_preset("celeba64").data
-    cfg.masks, cfg.eval_range = "center", (9000, 9000 + 3 * n_per_bin)
-    return BinnedMaskProtocol(build_dataset(cfg, "eval"),
-                              MaskFolder(SHARED_ROOT / "data" / "nvidia_masks_256", 64, augment=False),
-                              bins=("30-40%", "40-50%", "50-60%"))
+    return held_out_faces(n=3 * n_per_bin, bins=("30-40%", "40-50%", "50-60%"))
 
 
 needs_shared = pytest.mark.skipif(not (SHARED_ROOT / "data" / "celeba_10k").is_dir(), reason="needs ../shared/data")
