@@ -86,6 +86,9 @@ class LossConfig:
     # Formulas: csa_lib.losses.consistency_loss. The default was chosen by a short run per variant
     # (benchmarks/RESULTS.md, "Consistency-loss variants").
     consistency: str = "hole_mean_scaled"
+    # Weight of a hole pixel in the L1 terms relative to a known pixel. 1 = the paper's whole-image L1;
+    # 6 = Liu et al. 2018 (partial convolutions), valid 1 + hole 6. Formula: csa_lib.losses.l1_loss.
+    l1_hole_weight: float = 1.0
 
 
 @dataclass

@@ -5,7 +5,9 @@ Generator:  lambda_r (L1_coarse + L1_refined)
           + lambda_d (RaLSGAN_G(image D) + RaLSGAN_G(feature D))
 Discriminators: 0.5 RaLSGAN_D(image D) + 0.5 RaLSGAN_D(feature D)     (official weighting)
 
-Paper weights: lambda_r = 1, lambda_c = 0.01, lambda_d = 0.002 (the official 100 : 1 : 0.2).
+Paper weights: lambda_r = 1, lambda_c = 0.01, lambda_d = 0.002 (the official 100 : 1 : 0.2). The L1
+is over the whole image; ``LossConfig.l1_hole_weight`` (default 1 = the paper) can count hole pixels
+more, as partial-convolution inpainting does (not in the paper; an option for short CPU budgets).
 
 The consistency term comes in four variants (``LossConfig.consistency``, formulas in
 :func:`consistency_loss`): ``paper_sum`` (the paper's equation), ``hole_mean``, ``hole_mean_scaled``
@@ -32,9 +34,22 @@ from .distributed import batch_mean, global_count, global_sum
 MODES = ("paper", "official")
 
 
-def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error over all pixels (official: ``nn.L1Loss`` on the whole image)."""
-    return (pred.float() - target.float()).abs().mean()
+def l1_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, hole_weight: float = 1.0) -> Tensor:
+    """Mean absolute error over all pixels (official: ``nn.L1Loss`` on the whole image).
+
+    pred, target ``[B,3,H,W]``; mask ``[B,1,H,W]`` (1 = hole). With ``hole_weight`` w != 1 each hole
+    pixel counts w times (Liu et al. 2018's partial-convolution loss uses valid 1 + hole 6):
+
+        L1 = mean_p (1 + (w - 1) m_p) |pred_p - target_p|
+
+    w = 1 is the paper's plain L1 and takes the plain path (bit for bit the old value).
+    """
+    err = (pred.float() - target.float()).abs()
+    if hole_weight == 1.0:
+        return err.mean()
+    if mask is None:
+        raise ValueError(f"l1_loss: hole_weight={hole_weight} needs the mask")
+    return (err * (1 + (hole_weight - 1) * mask.float())).mean()
 
 
 def match_channels(target: Tensor, channels: int) -> Tensor:
@@ -158,7 +173,8 @@ class InpaintingLoss(nn.Module):
         out: :class:`csa_lib.networks.InpaintOutput`; image ``[B,3,H,W]`` in [-1,1]; mask ``[B,1,H,W]``
         (used through ``out.feature_hole``; kept in the signature for losses on the hole).
         """
-        del mask  # the feature-resolution hole travels in `out`
+        # The feature-resolution hole travels in `out`; the pixel mask only weights the L1 (l1_hole_weight).
+        w = self.cfg.l1_hole_weight
         with torch.no_grad():
             real = self._vgg(image, ("pool3", "relu4_3"))
             real_img_pred = image_D(image)
@@ -167,8 +183,8 @@ class InpaintingLoss(nn.Module):
         fake_pool3 = self._vgg(fake, ("pool3",))["pool3"]
         variant = self.consistency_variant
         terms = {
-            "l1_coarse": l1_loss(out.coarse, image),
-            "l1_refined": l1_loss(out.refined, image),
+            "l1_coarse": l1_loss(out.coarse, image, mask, w),
+            "l1_refined": l1_loss(out.refined, image, mask, w),
             "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, variant),
             "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole,
                                              variant),

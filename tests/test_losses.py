@@ -216,3 +216,36 @@ def test_old_checkpoint_consistency_norm_maps_to_variant():
     assert Preset.from_dict(d).loss.consistency == "hole_mean_scaled"
     d["loss"]["consistency_norm"] = "none"
     assert Preset.from_dict(d).loss.consistency == "hole_mean"
+
+
+def test_l1_hole_weight_counts_hole_pixels_w_times():
+    pred = torch.zeros(1, 3, 2, 2)
+    target = torch.ones(1, 3, 2, 2)
+    target[..., 0, 0] = 3.0  # error 3 at the one hole pixel, 1 elsewhere
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[..., 0, 0] = 1
+    assert l1_loss(pred, target).item() == pytest.approx((3 + 1 + 1 + 1) / 4)
+    assert l1_loss(pred, target, mask, 1.0).item() == pytest.approx((3 + 1 + 1 + 1) / 4)
+    assert l1_loss(pred, target, mask, 6.0).item() == pytest.approx((6 * 3 + 1 + 1 + 1) / 4)
+    with pytest.raises(ValueError, match="needs the mask"):
+        l1_loss(pred, target, None, 6.0)
+
+
+def test_l1_hole_weight_reaches_the_generator_terms():
+    from csa_lib.config import get_preset
+    from csa_lib.networks import build_models
+
+    preset = get_preset("smoke")
+    G, D, F = build_models(preset.model)
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, preset.model.image_size, preset.model.image_size) * 2 - 1
+    mask = torch.zeros(2, 1, preset.model.image_size, preset.model.image_size)
+    mask[..., 8:20, 8:20] = 1
+    out = G(image, mask)
+    vgg = InpaintingLoss(preset.loss).vgg
+    plain = InpaintingLoss(preset.loss, vgg).generator_terms(out, image, mask, D, F)
+    preset.loss.l1_hole_weight = 6.0
+    weighted = InpaintingLoss(preset.loss, vgg).generator_terms(out, image, mask, D, F)
+    expected = l1_loss(out.refined, image, mask, 6.0)
+    torch.testing.assert_close(weighted["l1_refined"], expected)
+    assert weighted["l1_refined"] > plain["l1_refined"]
