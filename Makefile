@@ -26,7 +26,7 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: setup demo test test-py test-nb test-browser lab book bench clean
+.PHONY: setup demo test test-py test-nb test-browser lab book bench colab clean
 
 setup: $(STAMP)
 
@@ -74,6 +74,13 @@ lab: setup
 # another): open build/book/index.html. CSA_PROFILE=laptop make book for the larger runs (minutes).
 book: setup
 	$(if $(CSA_PROFILE),,CSA_SMOKE=1) $(PY) docs/build_book.py --out build/book
+
+# "Open in Colab" badges for the repository's public address: make colab REPO=OWNER/NAME [BRANCH=main]
+# (docs/colab.py; python docs/colab.py --remove takes them out again).
+BRANCH ?= main
+colab:
+	@test -n "$(REPO)" || { echo "make colab: give the public GitHub repository, e.g. make colab REPO=OWNER/NAME"; exit 2; }
+	python3 docs/colab.py "$(REPO)" --branch "$(BRANCH)"
 
 bench: setup
 	$(PY) benchmarks/bench_csa.py
