@@ -171,9 +171,9 @@ class InpaintingLoss(nn.Module):
         """The unweighted generator terms as tensors (dead ones detached in official mode).
 
         out: :class:`csa_lib.networks.InpaintOutput`; image ``[B,3,H,W]`` in [-1,1]; mask ``[B,1,H,W]``
-        (used through ``out.feature_hole``; kept in the signature for losses on the hole).
+        (the consistency terms use ``out.feature_hole``; the mask itself only weights the L1 terms when
+        ``l1_hole_weight`` != 1).
         """
-        # The feature-resolution hole travels in `out`; the pixel mask only weights the L1 (l1_hole_weight).
         w = self.cfg.l1_hole_weight
         with torch.no_grad():
             real = self._vgg(image, ("pool3", "relu4_3"))

@@ -57,7 +57,7 @@ def setup_block(repo: str, branch: str = "main") -> str:
     return (CODE_BEGIN
             + 'import os as _os, subprocess as _sp, sys as _sys\n'
             + 'if "google.colab" in _sys.modules and not _os.path.isdir("csa_lib"):\n'
-            + f'    if not _os.path.isdir("csa-inpainting"):\n'
+            + '    if not _os.path.isdir("csa-inpainting"):\n'
             + f'        _sp.run(["git", "clone", "--depth", "1", "--branch", "{branch}",\n'
             + f'                 "https://github.com/{repo}", "csa-inpainting"], check=True)\n'
             + '    _os.chdir("csa-inpainting")  # the notebooks read data/ and weights/ from the repository\n'
