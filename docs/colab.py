@@ -17,14 +17,19 @@ does nothing: the notebooks still run under ``make test``.
 usage: python docs/colab.py OWNER/NAME [--branch main]      write or update the badges
        python docs/colab.py --remove                        take them out
        python docs/colab.py --check OWNER/NAME              exit 1 unless every badge is there and current
+
+The branch must be a valid git branch name, and it is written quoted (a Python string literal in the
+set-up block, percent-encoded in the addresses): a name like ``main",__import__("os")...`` is only a name.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -43,8 +48,33 @@ def check_repo(repo: str) -> str:
     return repo
 
 
+#: What ``git check-ref-format --branch`` refuses: control characters, space, ``~ ^ : ? * [ \``, ``..``,
+#: ``@{``, ``//``; a leading ``-`` or ``/``; a trailing ``/`` or ``.``; components starting with ``.`` or
+#: ending in ``.lock``; the names ``@`` and ``HEAD``.
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/]|[/.]$|(^|/)\.|\.lock(/|$)|^@$|^HEAD$")
+
+
+def check_branch(branch: str) -> str:
+    """``branch`` when it is a valid git branch name (the rules of ``git check-ref-format --branch``),
+    else a ValueError naming it. A valid name may still hold quotes, commas or parentheses
+    (``main",__import__("os")...``): every use quotes it (:func:`py_str`, :func:`colab_url`)."""
+    if not isinstance(branch, str) or not branch or _BAD_REF.search(branch):
+        raise ValueError(f"branch {branch!r}: not a valid git branch name (git check-ref-format --branch)")
+    return branch
+
+
+def py_str(text: str) -> str:
+    """A Python string literal that evaluates to exactly ``text`` (double-quoted, escaped)."""
+    literal = json.dumps(text, ensure_ascii=False)
+    if ast.literal_eval(literal) != text:  # never expected; refuse rather than write code we did not mean
+        raise ValueError(f"cannot quote {text!r} as a Python string")
+    return literal
+
+
 def colab_url(repo: str, notebook: str, branch: str = "main") -> str:
-    """The address at which Colab opens ``notebooks/<notebook>`` of ``repo`` on ``branch``."""
+    """The address at which Colab opens ``notebooks/<notebook>`` of ``repo`` on ``branch`` (the branch
+    percent-encoded: a quote or parenthesis cannot end the Markdown link or the address)."""
+    branch = quote(check_branch(branch), safe="/")
     return f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{notebook}"
 
 
@@ -53,13 +83,17 @@ def badge(repo: str, notebook: str, branch: str = "main") -> str:
 
 
 def setup_block(repo: str, branch: str = "main") -> str:
-    """Python that, inside Colab only, clones ``repo`` at ``branch``, changes into it and installs csa_lib."""
+    """Python that, inside Colab only, clones ``repo`` at ``branch``, changes into it and installs csa_lib.
+
+    The branch and the address are written as Python string literals (:func:`py_str`), so no branch name
+    can end the string and run code."""
+    branch, url = py_str(check_branch(branch)), py_str(f"https://github.com/{check_repo(repo)}")
     return (CODE_BEGIN
             + 'import os as _os, subprocess as _sp, sys as _sys\n'
             + 'if "google.colab" in _sys.modules and not _os.path.isdir("csa_lib"):\n'
             + '    if not _os.path.isdir("csa-inpainting"):\n'
-            + f'        _sp.run(["git", "clone", "--depth", "1", "--branch", "{branch}",\n'
-            + f'                 "https://github.com/{repo}", "csa-inpainting"], check=True)\n'
+            + f'        _sp.run(["git", "clone", "--depth", "1", "--branch", {branch},\n'
+            + f'                 {url}, "csa-inpainting"], check=True)\n'
             + '    _os.chdir("csa-inpainting")  # the notebooks read data/ and weights/ from the repository\n'
             + '    _sys.path.insert(0, _os.getcwd())\n'
             + '    _sp.run([_sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)  # keeps Colab\'s torch\n'
@@ -177,6 +211,7 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
     if args.remove == bool(args.repo):
         ap.error("give OWNER/NAME, or --remove (without a repository)")
     try:
+        check_branch(args.branch)
         repo = None if args.remove else check_repo(args.repo)
         if args.check:
             problems = check(root, repo, args.branch)
