@@ -18,9 +18,13 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
+import secrets
 import sys
 import textwrap
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -146,7 +150,8 @@ def cmd_train(args) -> int:
     with distributed.process_group(ov.get("train.device", "auto" if args.resume else preset.train.device)):
         main = distributed.is_main()
         if args.resume:
-            trainer = Trainer.resume(out_dir, ov, progress=not args.quiet)
+            with _one_line_warnings():  # e.g. resuming on another --data folder
+                trainer = Trainer.resume(out_dir, ov, progress=not args.quiet)
             if main:
                 print(f"resuming {out_dir} at step {trainer.step}")
         else:
@@ -157,11 +162,45 @@ def cmd_train(args) -> int:
             for key, value in ov.items():
                 apply_override(preset, key, value)
             trainer = Trainer(preset, progress=not args.quiet)
+        if main:
+            _warn_if_masks_empty(trainer.preset.data)
         result = trainer.fit()
         trainer.close()
         if main:
             print(_train_summary(trainer, result))
     return 0
+
+
+@contextmanager
+def _one_line_warnings():
+    """Python warnings raised inside the block are printed as one line each, ``csa: warning: ...`` on
+    stderr, when it ends (also when it fails); repeated messages once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for text in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+                print(f"csa: warning: {text}", file=sys.stderr)
+
+
+def _warn_if_masks_empty(data_cfg, sample: int = 64) -> None:
+    """One ``csa: warning:`` line when a training mask folder (``data.masks=folder``) holds no hole: up
+    to ``sample`` files spread over the folder are read as training reads them (> 127 = hole)."""
+    if data_cfg.masks != "folder" or not data_cfg.mask_dir:
+        return
+    from .masks import MaskFolder
+
+    folder = MaskFolder(data_cfg.mask_dir, data_cfg.image_size, augment=False)
+    picked = sorted({int(i) for i in np.linspace(0, len(folder) - 1, min(sample, len(folder))).round()})
+    try:
+        if any(folder.hole_ratio(i) > 0 for i in picked):
+            return
+    except OSError:  # an unreadable mask is reported where training reads it
+        return
+    which = f"all {len(folder)}" if len(picked) == len(folder) else f"{len(picked)} (spread over {len(folder)})"
+    print(f"csa: warning: {which} masks checked in {data_cfg.mask_dir} have no hole (no pixel > 127; white = "
+          "hole): the network would learn to fill nothing", file=sys.stderr)
 
 
 def _train_summary(trainer, result: dict[str, Any]) -> str:
@@ -275,7 +314,20 @@ def _read_mask(path, size: tuple[int, int]):
         grey = grey.resize((W, H), Image.NEAREST)
     raw = np.asarray(grey)
     hole = raw > 0 if raw.max(initial=0) == 1 else raw > 127
+    _warn_faint_strokes(path, raw, hole)
     return torch.from_numpy(hole.astype(np.float32))[None]
+
+
+def _warn_faint_strokes(path, raw, hole) -> None:
+    """Warn (stderr) when a mask has more drawn-looking pixels at or below the threshold than holes.
+
+    ``raw``: the greyscale mask, uint8 ``[H, W]``; ``hole``: its thresholded bool ``[H, W]``. Red strokes on
+    black are grey 76 and count as known; anti-aliased edges of white strokes are few beside the hole.
+    """
+    faint = int(((raw > 32) & (raw <= 127)).sum())
+    if faint > int(hole.sum()):
+        print(f"csa: warning: mask {path}: {faint} pixels are drawn at a grey value <= 127 (coloured strokes?) "
+              "and count as known; only pixels > 127 are holes, so draw holes in white", file=sys.stderr)
 
 
 def read_image(path):
@@ -356,20 +408,54 @@ def inpaint(generator, image, mask, preprocessing):
     device = next(generator.parameters()).device
     with torch.no_grad():
         out = generator(x.to(device).clamp(-1, 1), m.to(device)).refined.float().cpu()
+    if not torch.isfinite(out).all():
+        raise CLIError("the model's output is not finite (NaN or Inf): its weights or this image break it; "
+                       "nothing was written")
     out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(-1, 1)
     result = image.clone()
     result[:, top:top + h, left:left + w] = img * (1 - hole) + out * hole  # known pixels: the input's
     return result
 
 
+def image_format(path) -> str:
+    """PIL's format name for an output file's suffix (``.png`` -> ``"PNG"``), or ``ValueError`` naming it."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"output {path}: unknown image format {Path(path).suffix or '(no suffix)'!r}; "
+                         "use .png (lossless) or .jpg")
+    return fmt
+
+
 def save_image(x, path) -> Path:
-    """Save ``[3,H,W]`` in [-1,1] as an 8-bit PNG (or any format PIL knows from the suffix)."""
+    """Save ``[3,H,W]`` in [-1,1] as an 8-bit PNG (or any format PIL knows from the suffix), atomically.
+
+    The image goes to a temporary file in the same folder (``.NAME.PID-RANDOM.tmp``), is fsynced and
+    renamed over ``path``: a full disk, a file-size limit or a kill leaves the old ``path`` (a photo, an
+    earlier output) untouched, and two writers of one ``path`` leave one complete image. A failed write
+    removes the temporary file and raises ``OSError`` naming ``path``.
+    """
     from PIL import Image
 
     path = Path(path)
+    fmt = image_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(arr).save(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # new file, permissions from the umask like any output
+            Image.fromarray(arr).save(f, format=fmt)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise OSError(f"cannot write {path}: {reason} (disk full or not writable?); "
+                          "nothing was replaced") from None
+        raise
     return path
 
 
@@ -386,6 +472,7 @@ def load_inpainter(checkpoint=None, model: str = "celeba64", device: str = "cpu"
 
         _need_file(checkpoint, "checkpoint")
         generator, preset = load_generator(checkpoint, device=device)
+        _check_finite_weights(generator, f"checkpoint {checkpoint}")
         step = int(load_checkpoint(checkpoint)["step"])
         return generator, checkpoint_preprocessing(preset), f"checkpoint {checkpoint} ({preset.name}, step {step})"
     from .pretrained import PretrainedError, load_pretrained
@@ -394,11 +481,36 @@ def load_inpainter(checkpoint=None, model: str = "celeba64", device: str = "cpu"
         generator = load_pretrained(model, device=device)
     except PretrainedError as e:
         raise CLIError(f"{e}; pass --checkpoint RUN/checkpoints/last.pt to use a model you trained") from None
+    _check_finite_weights(generator, f"shipped model {model}")
     return generator, generator.card["preprocessing"], f"shipped model {model} ({generator.card.get('file')})"
 
 
-def _is_mask_name(p: Path) -> bool:
-    return "_mask" in p.stem
+def _check_finite_weights(generator, what: str) -> None:
+    """``CLIError`` naming the first parameter or buffer of ``generator`` that holds a NaN or Inf (such a
+    model turns whole images, known pixels included, into NaN: black)."""
+    import torch
+
+    for name, t in [*generator.named_parameters(), *generator.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CLIError(f"{what} holds non-finite weights (NaN or Inf in {name}); it cannot inpaint; "
+                           "use an earlier checkpoint (e.g. checkpoints/prev.pt)")
+
+
+#: Folder mode's mask names, stated in ``csa inpaint --help``.
+FOLDER_RULE = ("Folder mode: the mask of IMAGE.EXT is IMAGE_mask.EXT2 or IMAGE_maskN.EXT2 (N = digits, "
+               "EXT2 any image type) in the same folder; with --masks DIR those names in DIR, or else "
+               "DIR/IMAGE.EXT2 (the same name). Files named like a mask (..._mask, ..._maskN) are never "
+               "inpainted; 'anna_masked.png' or 'gas_mask_portrait.jpg' are photos. Every photo needs a "
+               "mask (or --mask); several masks give one output each, named after the mask. Outputs are "
+               "IMAGE.png, or IMAGE_EXT.png when two photos share a name (a.jpg, a.png). Files that are "
+               "skipped are listed. The output folder may not be the image or the mask folder.")
+_MASK_NAME = re.compile(r"(?P<stem>.+)_mask\d*")
+
+
+def _mask_of(p: Path) -> str | None:
+    """The image stem a file's name makes it the mask of (``face_mask1.png`` -> ``face``), else None."""
+    m = _MASK_NAME.fullmatch(p.stem)
+    return m.group("stem") if m else None
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -408,42 +520,117 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _masks_for(image: Path, mask_dir: Path, files: list[Path]) -> list[Path]:
-    """Masks of ``image`` in ``mask_dir``: ``<stem>_mask*.<ext>`` (LaMa's layout), else ``<stem>.<ext>``
-    when the masks have a folder of their own."""
-    found = [p for p in files if p.stem.startswith(image.stem + "_mask")]
+    """Masks of ``image`` among ``files`` (of ``mask_dir``) by :data:`FOLDER_RULE`: ``<stem>_mask[N].<ext>``,
+    else, when the masks have a folder of their own, ``<stem>.<ext>``."""
+    found = [p for p in files if _mask_of(p) == image.stem]
     if not found and mask_dir != image.parent:
         found = [p for p in files if p.stem == image.stem]
     return found
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one existing file or folder (links and ``..`` resolved)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _unique_outputs(named: list[tuple[Path, str]], out: Path) -> list[Path]:
+    """Output paths ``out/<name>.png`` for ``[(image, name)]``, never two alike (compared case-blind).
+
+    A name shared by photos of different types (``a.jpg``, ``a.png``) becomes ``a_jpg``, ``a_png``;
+    anything still alike gets ``_2``, ``_3``, ...
+    """
+    count: dict[str, int] = {}
+    for _, name in named:
+        count[name.casefold()] = count.get(name.casefold(), 0) + 1
+    used, paths = set(), []
+    for image, name in named:
+        if count[name.casefold()] > 1:
+            name = f"{name}_{image.suffix[1:].lower()}"
+        base, k = name, 1
+        while name.casefold() in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name.casefold())
+        paths.append(out / f"{name}.png")
+    return paths
+
+
+def _skip_note(files: list[str], folder: Path, why: str) -> list[str]:
+    if not files:
+        return []
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return [f"skipped {len(files)} file(s) in {folder}: {shown} ({why})"]
+
+
+def folder_jobs(args, folder: Path, out: Path) -> tuple[list[tuple[Path, Path | None, Path]], list[str]]:
+    """Folder mode of ``csa inpaint`` by :data:`FOLDER_RULE`: ``(jobs, notes)``, the notes saying which
+    files were skipped and why."""
+    from .data import IMAGE_EXTENSIONS
+
+    if out.is_file() or out.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        raise CLIError(f"-o {out}: in folder mode the output is a folder")
+    mask_dir = Path(args.masks) if args.masks is not None else folder
+    if not mask_dir.is_dir():
+        raise CLIError(f"--masks {mask_dir}: no such folder")
+    for inputs, what in ((folder, "the image folder"), (mask_dir, "the mask folder")):
+        if _same_path(out, inputs):
+            raise CLIError(f"-o {out} is {what}: the outputs would replace or mix with your files; "
+                           "choose another output folder")
+    files = _image_files(folder)
+    images = [p for p in files if _mask_of(p) is None]
+    if not images:
+        raise CLIError(f"no images found in {folder}")
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() not in IMAGE_EXTENSIONS)
+    notes = _skip_note(others, folder, "not an image type: " + " ".join(IMAGE_EXTENSIONS))
+    if args.mask is not None:
+        names = [p for p in files if _mask_of(p) is not None]
+        notes += _skip_note([p.name for p in names], folder, "named like a mask")
+        outs = _unique_outputs([(p, p.stem) for p in images], out)
+        return [(p, None, o) for p, o in zip(images, outs)], notes
+    mask_files = _image_files(mask_dir) if mask_dir != folder else [p for p in files if _mask_of(p)]
+    pairs, missing, used = [], [], set()
+    for p in images:
+        masks = _masks_for(p, mask_dir, mask_files)
+        missing += [] if masks else [p.name]
+        used.update(masks)
+        pairs += [(p, m, m.stem if len(masks) > 1 else p.stem) for m in masks]
+    if missing:
+        raise CLIError(f"no mask for {len(missing)} image(s) in {mask_dir} (expected e.g. "
+                       f"{Path(missing[0]).stem}_mask.png; see --help): {', '.join(missing[:5])}")
+    unused = [m.name for m in mask_files if m not in used]
+    notes += _skip_note(unused, mask_dir, "a mask name without a matching photo")
+    if mask_dir != folder:
+        notes += _skip_note([p.name for p in files if _mask_of(p) is not None], folder,
+                            "named like a mask; the masks come from --masks")
+    outs = _unique_outputs([(p, name) for p, _, name in pairs], out)
+    return [(p, m, o) for (p, m, _), o in zip(pairs, outs)], notes
+
+
+def _refuse_input_as_output(out: Path, inputs: list[tuple[Path, str]], overwrite: bool) -> None:
+    """``CLIError`` when ``-o`` is one of the input files (the photo, its mask, the checkpoint), unless
+    ``--overwrite`` (then the file is replaced atomically, by :func:`save_image`)."""
+    for path, what in inputs:
+        if _same_path(out, path) and not overwrite:
+            raise CLIError(f"-o {out} is the {what} {path}: writing there would replace it; choose another "
+                           "-o, or pass --overwrite to replace it")
+
+
 def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path]]:
     """``[(image, mask file or None (generated), output)]`` from the command line, every file checked
-    before any work starts."""
+    before any work starts. Folder mode's notes about skipped files go to ``args.notes``."""
     paths = [Path(p) for p in args.paths]
     out = Path(args.output)
+    args.notes = []
     if args.mask is not None and args.masks is not None:
         raise CLIError("give either --mask (center | irregular) or --masks DIR, not both")
     if paths[0].is_dir():
         if len(paths) > 1:
             raise CLIError(f"folder mode takes one folder ({paths[0]}); give mask files with --masks DIR")
-        if out.is_file() or out.suffix.lower() in (".png", ".jpg", ".jpeg"):
-            raise CLIError(f"-o {out}: in folder mode the output is a folder")
-        mask_dir = Path(args.masks) if args.masks is not None else paths[0]
-        if not mask_dir.is_dir():
-            raise CLIError(f"--masks {mask_dir}: no such folder")
-        images = [p for p in _image_files(paths[0]) if not _is_mask_name(p)]
-        if not images:
-            raise CLIError(f"no images found in {paths[0]}")
-        if args.mask is not None:
-            return [(p, None, out / f"{p.stem}.png") for p in images]
-        mask_files, jobs, missing = _image_files(mask_dir), [], []
-        for p in images:
-            masks = _masks_for(p, mask_dir, mask_files)
-            missing += [] if masks else [p.name]
-            jobs += [(p, m, out / f"{(m.stem if len(masks) > 1 else p.stem)}.png") for m in masks]
-        if missing:
-            raise CLIError(f"no mask for {len(missing)} image(s) in {mask_dir} (expected e.g. "
-                           f"{Path(missing[0]).stem}_mask.png): {', '.join(missing[:5])}")
+        jobs, args.notes = folder_jobs(args, paths[0], out)
         return jobs
     _need_file(paths[0], "image")
     if args.masks is not None:
@@ -454,6 +641,13 @@ def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path]]:
         raise CLIError("give a mask: a file (IMAGE MASK), --mask center or --mask irregular")
     if len(paths) == 2:
         _need_file(paths[1], "mask")
+    if out.is_dir():
+        raise CLIError(f"-o {out} is a folder; give an output file such as {out / (paths[0].stem + '.png')}")
+    image_format(out)
+    inputs = [(paths[0], "input image"), *([(paths[1], "mask")] if len(paths) == 2 else [])]
+    if getattr(args, "checkpoint", None):
+        inputs.append((Path(args.checkpoint), "checkpoint"))
+    _refuse_input_as_output(out, inputs, getattr(args, "overwrite", False))
     return [(paths[0], paths[1] if len(paths) == 2 else None, out)]
 
 
@@ -465,38 +659,95 @@ def _legacy_checkpoint(args) -> None:
         args.checkpoint, args.paths = args.paths[0], args.paths[1:]
 
 
+#: The smallest image side ``csa inpaint`` takes (a hole needs pixels around it to be filled from).
+MIN_SIDE = 8
+
+
+def _read_checked_image(path):
+    """:func:`read_image`, refusing an image with a side under :data:`MIN_SIDE` pixels."""
+    image = read_image(path)
+    H, W = image.shape[-2:]
+    if min(H, W) < MIN_SIDE:
+        raise CLIError(f"image {path} is {W}x{H} px: too small to inpaint (each side needs at least "
+                       f"{MIN_SIDE} px)")
+    return image
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure (Python's ``MemoryError``, torch's "can't allocate memory",
+    CUDA's out of memory)."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text or "cannot allocate memory" in text))
+
+
+def _image_size_text(path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return f"{im.size[0]}x{im.size[1]} px"
+    except Exception:  # noqa: BLE001 - only for the message
+        return "size unknown"
+
+
+def _inpaint_one(args, generator, pre, n, job, first):
+    """``(result [3,H,W] in [-1,1], mask [1,H,W])`` of job ``n`` = ``(image, mask file or None, output)``;
+    ``first`` holds the already read first image and mask."""
+    image_path, mask_path, _ = job
+    image = first[0] if n == 0 else _read_checked_image(image_path)
+    H, W = image.shape[-2:]
+    if n == 0 and first[1] is not None:
+        mask = first[1]
+    elif mask_path is None:
+        mask = generate_mask(args.mask, H, W, pre, seed=args.seed + n)
+    else:
+        mask = _read_mask(mask_path, (H, W))
+    if mask.all():
+        print(f"csa: warning: the mask of {image_path} covers the whole image: nothing is known to fill "
+              "it from, so the output is the model's guess", file=sys.stderr)
+    if not mask.any():
+        print(f"csa: warning: the mask of {image_path} has no hole (no pixel > 127): the output is the "
+              "input unchanged", file=sys.stderr)
+        return image, mask
+    return inpaint(generator, image, mask, pre), mask
+
+
 def cmd_inpaint(args) -> int:
     from tqdm.auto import tqdm
 
     _legacy_checkpoint(args)
     jobs = inpaint_jobs(args)
+    for note in args.notes:
+        print(f"csa: note: {note}", file=sys.stderr)
     # The first image and its mask file are read before the model: a bad input fails at once.
-    first = read_image(jobs[0][0])
+    first = _guard_memory(jobs[0][0], lambda: _read_checked_image(jobs[0][0]))
     first_mask = None if jobs[0][1] is None else _read_mask(jobs[0][1], tuple(first.shape[-2:]))
     _setup_threads(args)
     generator, pre, what = load_inpainter(args.checkpoint, args.model, _device(args.device))
     if not args.quiet:
         print(f"model: {what}; the network sees {pre['image_size']} px ({pre.get('resize', 'square')})")
     bar = tqdm(jobs, desc="inpaint", unit="image", disable=args.quiet or len(jobs) == 1, ascii=True)
-    for n, (image_path, mask_path, out_path) in enumerate(bar):
-        image = first if n == 0 else read_image(image_path)
-        H, W = image.shape[-2:]
-        if n == 0 and first_mask is not None:
-            mask = first_mask
-        elif mask_path is None:
-            mask = generate_mask(args.mask, H, W, pre, seed=args.seed + n)
-        else:
-            mask = _read_mask(mask_path, (H, W))
-        if mask.all():
-            print(f"csa: warning: the mask of {image_path} covers the whole image: nothing is known to fill "
-                  "it from, so the output is the model's guess", file=sys.stderr)
-        result = inpaint(generator, image, mask, pre) if mask.any() else image
-        save_image(result, out_path)
+    for n, job in enumerate(bar):
+        result, mask = _guard_memory(job[0], lambda: _inpaint_one(args, generator, pre, n, job,
+                                                                   (first, first_mask)))
+        save_image(result, job[2])
         if len(jobs) == 1:
-            print(f"wrote {out_path} ({float(mask.mean()):.0%} of the pixels filled)")
+            print(f"wrote {job[2]} ({float(mask.mean()):.0%} of the pixels filled)")
     if len(jobs) > 1:
         print(f"wrote {len(jobs)} images to {Path(args.output)}")
     return 0
+
+
+def _guard_memory(image_path, work):
+    """``work()``, an allocation failure turned into one line naming the image and its size."""
+    try:
+        return work()
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        raise CLIError(f"not enough memory to inpaint {image_path} ({_image_size_text(image_path)}); "
+                       "resize it first, or free memory") from None
 
 
 def cmd_import_official(args) -> int:
@@ -589,15 +840,19 @@ def cmd_demo(args) -> int:
             print(f"resuming the demo run in {out} at step {done}")
             fit = _fit(Trainer.resume(out, {"train.steps": preset.train.steps}, progress=not args.quiet))
     else:
-        if args.retrain and out.exists():
-            for name in ("last.pt", "prev.pt", "next.pt"):
-                (out / "checkpoints" / name).unlink(missing_ok=True)
-            (out / "log.jsonl").unlink(missing_ok=True)
         import torch
 
-        print(f"training the demo preset ({preset.train.steps} steps, batch {preset.train.batch_size}, "
-              f"{preset.data.image_size} px, {torch.get_num_threads()} CPU threads) -> {out}")
-        fit = _fit(Trainer(preset, progress=not args.quiet))
+        lock = _clear_for_retrain(out) if args.retrain else None
+        try:
+            print(f"training the demo preset ({preset.train.steps} steps, batch {preset.train.batch_size}, "
+                  f"{preset.data.image_size} px, {torch.get_num_threads()} CPU threads) -> {out}")
+            trainer = Trainer(preset, progress=not args.quiet)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        trainer._lock = lock  # fit() keeps the lock taken before the deletions, and releases it at the end
+        fit = _fit(trainer)
     paths = demo_figures(out, device=_device(args.device))
     paths.update(shipped_model_demo(out))
     print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; figures:")
@@ -607,6 +862,19 @@ def cmd_demo(args) -> int:
         print(f"note: the time budget stopped training at step {fit['step']}/{preset.train.steps} (the figures "
               "show that model); run `make demo` (or `csa demo`) again to continue this run where it stopped")
     return 0
+
+
+def _clear_for_retrain(out: Path):
+    """Lock the run folder ``out`` (:class:`csa_lib.train.RunLock`), then delete its checkpoints and log
+    for ``csa demo --retrain``; returns the held lock. A folder another process trains in is refused
+    (``RunInUseError``) before anything is deleted."""
+    from .train import CKPT_DIR, LAST, NEXT, PREV, RunLock
+
+    lock = RunLock(out).acquire()
+    for name in (LAST, PREV, NEXT):
+        (out / CKPT_DIR / name).unlink(missing_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    return lock
 
 
 def shipped_model_demo(out_dir, n_masks: int = 4) -> dict[str, Path]:
@@ -874,7 +1142,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "trained on (the face model: the square centre crop, resized to 64 px); its output is\n"
                     "resized back and pasted at the input's size, and only hole pixels change: known\n"
                     "pixels are written unchanged. EXIF orientation is applied to images and masks.",
-        epilog=textwrap.fill("Masks: " + MASK_RULE + ".", 88) + "\n\nExamples:\n"
+        epilog=textwrap.fill("Masks: " + MASK_RULE + ".", 88) + "\n\n" + textwrap.fill(FOLDER_RULE, 88)
+               + "\n\n" + textwrap.fill("Outputs are written to a temporary file beside them and renamed: "
+                                        "an existing file is replaced whole or not at all.", 88)
+               + "\n\nExamples:\n"
                "  csa inpaint photo.jpg mask.png -o filled.png\n"
                "  csa inpaint photo.jpg --mask irregular --seed 3 -o filled.png\n"
                "  csa inpaint photos/ -o filled/          # photos/x.png with photos/x_mask.png beside it\n"
@@ -886,7 +1157,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mask", choices=("center", "irregular"),
                    help="generate the hole instead of reading it: the centre square, or free-form strokes")
     i.add_argument("--seed", type=int, default=0, help="seed of --mask irregular (folder mode: seed + index)")
-    i.add_argument("--masks", metavar="DIR", help="folder mode: masks in their own folder (<stem>_mask*.png or <stem>.png)")
+    i.add_argument("--masks", metavar="DIR",
+                   help="folder mode: masks in their own folder (<stem>_mask.png, <stem>_maskN.png or <stem>.png)")
+    i.add_argument("--overwrite", action="store_true",
+                   help="allow -o to be the input image (or its mask): replace it with the result")
     i.add_argument("--checkpoint", help="a training checkpoint (file or run folder) instead of the shipped model")
     i.add_argument("--model", default="celeba64", help="which shipped model (default celeba64)")
     i.add_argument("--device", help="auto | cpu | cuda")
@@ -926,7 +1200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def is_expected(e: BaseException) -> bool:
     """User errors (bad files, arguments, settings, a diverged run) as opposed to bugs."""
-    if isinstance(e, (CLIError, OSError, ValueError)):
+    if isinstance(e, (CLIError, OSError, ValueError, MemoryError)) or _out_of_memory(e):
         return True
     # Library errors; their modules are only loaded (with torch) when a command got that far.
     for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.train", "RunInUseError"),
@@ -936,6 +1210,28 @@ def is_expected(e: BaseException) -> bool:
         if cls is not None and isinstance(e, cls):
             return True
     return False
+
+
+#: What ``torch.load(weights_only=True)`` says before its advice to retry unsafely; our message instead.
+TORCH_ADVICE = "Weights only load failed"
+NO_CODE = ("the file holds Python objects besides tensors, and they are never unpickled "
+           "(loaded with weights_only=True for safety)")
+
+
+def error_line(e: BaseException) -> str:
+    """The one line printed for an expected error: its first non-empty line (the type name when empty),
+    with PyTorch's advice to retry ``torch.load`` with ``weights_only=False`` replaced by :data:`NO_CODE`
+    (that would run whatever code the file carries)."""
+    text = str(e)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else ("out of memory" if isinstance(e, MemoryError) else type(e).__name__)
+    cut = line.find(TORCH_ADVICE)
+    if cut < 0 and "weights_only" in line and "False" in line:  # the advice in other words
+        cut = line.find("weights_only")
+    if cut >= 0:
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", text)
+        line = line[:cut] + NO_CODE + (f" (found {found.group(1)})" if found else "")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -951,8 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not is_expected(e) or os.environ.get("CSA_DEBUG"):
             raise  # a bug (or CSA_DEBUG=1): keep the traceback
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        print(f"csa: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+        print(f"csa: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("csa: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,13 +369,22 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
     bins: list[str] = []
     picked = stage
     total = len(dataset) if max_images is None else min(max_images, len(dataset))
+    seen = no_hole = 0
     bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
     try:
         for image, mask in loader:
-            image, mask = image[: total - len(bins)], mask[: total - len(bins)]
+            image, mask = image[: total - seen], mask[: total - seen]
             if image.shape[0] == 0:
                 break
-            image, mask = image.to(device), mask.to(device)
+            seen += image.shape[0]
+            bar.update(image.shape[0])
+            # An image without a hole has nothing to score (its composite is the input: PSNR inf).
+            has_hole = mask.flatten(1).amax(1) > 0
+            no_hole += int((~has_hole).sum())
+            labels = [bin_fn(m) if bin_fn else "all" for m in mask.cpu()]  # a label list follows the dataset
+            if not has_hole.any():
+                continue
+            image, mask = image[has_hole].to(device), mask[has_hole].to(device)
             pred, picked = _pick_output(generator(image, mask), stage)
             pred = _composite(pred.float(), image, mask) if composite else pred.float()
             for k, v in all_metrics(pred, image).items():
@@ -382,14 +392,17 @@ def evaluate(generator: Callable, dataset, batch_size: int = 8, device=None, mas
             if inception is not None:  # features only: the images themselves are not kept
                 feats["real"].append(inception_features(image, inception))
                 feats["fake"].append(inception_features(pred, inception))
-            bins += [bin_fn(m) if bin_fn else "all" for m in mask.cpu()]
-            bar.update(image.shape[0])
+            bins += [b for b, h in zip(labels, has_hole.tolist()) if h]
     finally:
         bar.close()
         if was_training:
             generator.train()
     if not bins:
-        raise ValueError("evaluate() got an empty dataset")
+        raise ValueError(f"all {seen} masks are empty (no hole pixel): nothing to score" if no_hole
+                         else "evaluate() got an empty dataset")
+    if no_hole:
+        warnings.warn(f"{no_hole} of {seen} images have an empty mask (no hole pixel) and were not scored",
+                      stacklevel=2)
     extra = {}
     if inception is not None:
         real, fake = torch.cat(feats["real"]), torch.cat(feats["fake"])

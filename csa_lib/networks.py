@@ -24,6 +24,7 @@ so the outputs are the same; here the skip is simply x.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,6 +321,11 @@ def fill_hole(image: Tensor, mask: Tensor, colour=FILL_OFFICIAL) -> Tensor:
     return image * (1 - mask) + fill * mask
 
 
+#: How far outside [-1, 1] an image (and outside [0, 1] a mask) may reach before ``forward`` refuses it:
+#: rounding and bf16, not a wrong scale.
+RANGE_TOLERANCE = 1e-3
+
+
 class CSAInpainter(nn.Module):
     """Coarse net + refinement net, with per-image masks (any batch size).
 
@@ -344,12 +350,61 @@ class CSAInpainter(nn.Module):
         known = image * (1 - mask)
         return torch.cat([coarse.detach() * mask + known, known], dim=1)
 
+    def check_inputs(self, image: Tensor, mask: Tensor) -> None:
+        """``ValueError`` with one sentence when ``forward`` cannot use its inputs.
+
+        ``image``: a float tensor ``[B,3,S,S]`` in [-1, 1] (within :data:`RANGE_TOLERANCE`), ``S`` the
+        model's ``image_size`` (square, a multiple of 8), on the model's device and of its dtype (outside
+        autocast); ``mask``: ``[B,1,S,S]`` (float, bool or integer) with values in [0, 1], 1 = hole.
+        Photos and masks in 0..255 are named as the likely cause; an image with every value in [0, 1]
+        (a 0..1 photo, or a very bright one) gets a warning. One device sync (the value ranges).
+        """
+        if not isinstance(image, Tensor) or not isinstance(mask, Tensor):
+            raise ValueError(f"image and mask must be tensors, got {type(image).__name__} and {type(mask).__name__}")
+        if not image.is_floating_point():
+            raise ValueError(f"image must be a float tensor in [-1, 1], got dtype {image.dtype} "
+                             "(8-bit pixels: image.float() / 127.5 - 1)")
+        S = self.cfg.image_size
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be [B,3,H,W] (RGB), got shape {tuple(image.shape)}")
+        H, W = image.shape[-2:]
+        if H != W or H % 8 or H != S:
+            why = "not square" if H != W else "not a multiple of 8" if H % 8 else "another size"
+            raise ValueError(f"image is {H}x{W} (height x width, {why}): this model takes {S}x{S} images "
+                             "(ModelConfig.image_size)")
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != image.shape[0] or mask.shape[-2:] != (H, W):
+            raise ValueError(f"mask must be [B,1,H,W] = [{image.shape[0]},1,{H},{W}] like the image, got shape "
+                             f"{tuple(mask.shape)}")
+        if mask.is_complex():
+            raise ValueError(f"mask must be float, bool or integer (1 = hole), got dtype {mask.dtype}")
+        if image.shape[0] == 0:
+            raise ValueError("image is an empty batch (B = 0)")
+        weight = next(self.parameters(), None)
+        if weight is not None and (image.device != weight.device or mask.device != weight.device):
+            raise ValueError(f"image ({image.device}) and mask ({mask.device}) must be on the model's device "
+                             f"({weight.device})")
+        if (weight is not None and image.dtype != weight.dtype
+                and not torch.is_autocast_enabled(image.device.type)):
+            raise ValueError(f"image is {image.dtype} but the model's weights are {weight.dtype}: "
+                             f"pass image.to({weight.dtype})")
+        lo, hi, mlo, mhi = torch.stack([image.amin(), image.amax(), mask.amin().to(image.dtype),
+                                        mask.amax().to(image.dtype)]).float().tolist()
+        tol = RANGE_TOLERANCE
+        if not (-1 - tol <= lo and hi <= 1 + tol):  # also NaN
+            cause = ("they look like 0..255 pixel values: use image / 127.5 - 1" if lo >= -tol and hi > 1.5
+                     else "map the image to [-1, 1] (0..1 values: image * 2 - 1)")
+            raise ValueError(f"image values span [{lo:.4g}, {hi:.4g}], expected [-1, 1]: {cause}")
+        if not (-tol <= mlo and mhi <= 1 + tol):
+            cause = ": a 0..255 mask? use (mask > 127).float()" if mhi > 1.5 else ""
+            raise ValueError(f"mask values span [{mlo:.4g}, {mhi:.4g}], expected [0, 1] (1 = hole){cause}")
+        if lo >= 0 and hi > 0.5:  # every pixel at or above mid-grey: most likely 0..1 values
+            warnings.warn(f"image values are all in [0, 1] ([{lo:.3g}, {hi:.3g}]) but CSAInpainter expects [-1, 1]: "
+                          "if these are 0..1 pixel values, pass image * 2 - 1", stacklevel=3)
+
     def forward(self, image: Tensor, mask: Tensor, return_attention: bool = False) -> InpaintOutput:
         from .masks import feature_mask
 
-        if image.dim() != 4 or mask.dim() != 4 or mask.shape[1] != 1:
-            raise ValueError(f"expected image [B,3,H,W] and mask [B,1,H,W], got {tuple(image.shape)} "
-                             f"and {tuple(mask.shape)}")
+        self.check_inputs(image, mask)
         mask = mask.to(image.dtype)
         coarse = self.coarse_net(fill_hole(image, mask))
         hole = feature_mask(mask, levels=FEATURE_LEVELS, threshold=FEATURE_THRESHOLD)

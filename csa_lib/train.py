@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -64,6 +65,9 @@ CKPT_DIR = "checkpoints"
 BAR_KEYS = {"G/l1_refined": "l1", "G/total": "G", "D/total": "D", "images_per_s": "img/s"}
 LAST, PREV, NEXT = "last.pt", "prev.pt", "next.pt"
 LOCK_FILE = ".lock"
+#: The temporary files this module writes (``.next.pt.tmp1234``, ``.log.jsonl.tmp1234``): the only files
+#: :func:`remove_orphan_temps` deletes, so a user's ``.draft.tmpl`` in a run folder is never touched.
+TEMP_NAME = re.compile(r"\.(?:[^/]+\.pt|log\.jsonl)\.tmp\d+")
 AMP_MODES = ("auto", "bf16", "off", "fp32")
 
 
@@ -81,9 +85,11 @@ class RunInUseError(RuntimeError):
 
 
 def first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name when the message is empty)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    """The first non-empty line of an exception's message (its type name when the message is empty),
+    without PyTorch's advice to retry ``torch.load`` with ``weights_only=False`` (see ``cli.error_line``)."""
+    from .cli import error_line
+
+    return error_line(e)
 
 
 def _kill_point(point: str, step: int) -> None:
@@ -144,6 +150,30 @@ def check_train_config(preset: Preset) -> None:
         raise ValueError(f"train.time_budget_s must be None or >= 0 seconds, got {cfg.time_budget_s!r}")
     if not isinstance(preset.data.num_workers, int) or preset.data.num_workers < 0:
         raise ValueError(f"data.num_workers must be an integer >= 0, got {preset.data.num_workers!r}")
+    check_model_config(preset)
+
+
+#: The widest model accepted (the paper: 64; 512 is already 4,096 channels at the CSA layer).
+MAX_BASE_CHANNELS = 512
+
+
+def check_model_config(preset: Preset, data: bool = True, where: str = "") -> None:
+    """Refuse model settings that cannot build a network, with one line naming the field (``ValueError``).
+
+    ``model.base_channels`` an integer in [1, :data:`MAX_BASE_CHANNELS`] (0 failed inside a convolution,
+    100,000 tried to allocate terabytes), ``model.image_size`` a power of two >= 16 and, with ``data``,
+    equal to ``data.image_size`` (the generator only takes images of its own size). ``where`` prefixes
+    the message (a checkpoint's name).
+    """
+    base, size = preset.model.base_channels, preset.model.image_size
+    if isinstance(base, bool) or not isinstance(base, int) or not 1 <= base <= MAX_BASE_CHANNELS:
+        raise ValueError(f"{where}model.base_channels must be an integer in [1, {MAX_BASE_CHANNELS}] "
+                         f"(the paper: 64), got {base!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size & (size - 1):
+        raise ValueError(f"{where}model.image_size must be a power of two >= 16, got {size!r}")
+    if data and preset.data.image_size != size:
+        raise ValueError(f"{where}data.image_size={preset.data.image_size!r} differs from model.image_size={size}: "
+                         f"the generator takes {size}-px images only; set both to the same power of two")
 
 
 @contextmanager
@@ -449,11 +479,12 @@ def remove_orphan_temps(run_dir: str | Path) -> list[Path]:
     """Delete the temporary files (``.NAME.tmpPID``) that a killed save or log rewrite left in a run folder.
 
     Only call this while holding the run's :class:`RunLock`: then no other process is writing there, so
-    every temporary file is an orphan (at paper size each is a full checkpoint: gigabytes).
+    every temporary file is an orphan (at paper size each is a full checkpoint: gigabytes). Only names
+    of :data:`TEMP_NAME` (``.next.pt.tmp1234``, ``.log.jsonl.tmp1234``) are deleted: other files stay.
     """
     run_dir = Path(run_dir)
     found = [p for folder in (run_dir, run_dir / CKPT_DIR) if folder.is_dir()
-             for p in folder.glob(".*.tmp*") if p.is_file()]
+             for p in folder.glob(".*.tmp*") if p.is_file() and TEMP_NAME.fullmatch(p.name)]
     if found:
         size = sum(p.stat().st_size for p in found)
         for p in found:
@@ -544,6 +575,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
 
     ckpt = load_checkpoint(checkpoint)
     preset = Preset.from_dict(ckpt["preset"])
+    check_model_config(preset, data=False, where=f"checkpoint {ckpt['path']}: ")
     generator = build_models(preset.model)[0]
     generator.load_state_dict(ckpt["generator"])
     return generator.to(device).eval(), preset
@@ -677,6 +709,26 @@ def _check_resume_overrides(stored: Preset, overrides: dict[str, Any]) -> None:
         if key in ("train.seed", "train.batch_size"):
             raise ValueError(f"{key}={value!r}: cannot change on resume (the checkpoint has {old!r}): the data "
                              "order depends on it; start a new run with --out")
+        if key == "data.image_size":
+            raise ValueError(f"{key}={value!r}: cannot change on resume (the checkpoint has {old!r}): the model "
+                             "was built for that size; start a new run with --out")
+        if key == "data.root" and not _same_folder(old, value):
+            warnings.warn(f"resuming on other data: {key}={value!r} (the checkpoint trained on {old!r}); the "
+                          "run goes on with the new images", stacklevel=3)
+
+
+def _same_folder(a: str | None, b: str | None) -> bool:
+    """Whether two ``data.root`` values name one folder (``data/x`` and ``./data/x/``)."""
+    if a is None or b is None:
+        return a == b
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _check_resume_steps(preset: Preset, step: int) -> None:
+    """``ValueError`` when ``train.steps`` is below the checkpoint's ``step`` (nothing left to train)."""
+    if preset.train.steps < step:
+        raise ValueError(f"train.steps={preset.train.steps} is below the checkpoint's step {step}: a resume "
+                         f"cannot go back; give --steps {step} or more (or leave it out)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -870,6 +922,7 @@ class Trainer:
             preset.train.out_dir = str(_run_dir_of(Path(ckpt["path"])))
             for key, value in overrides.items():
                 apply_override(preset, key, value)
+            _check_resume_steps(preset, int(ckpt["step"]))
             trainer = cls(preset, **kwargs)
             trainer._lock = lock
             trainer.load_state_dict(ckpt)
@@ -963,9 +1016,25 @@ class Trainer:
                           persistent_workers=False)
 
     def fixed_batch(self, n: int | None = None):
-        """The first ``n`` evaluation samples (fixed masks): the same pictures at every sample step."""
+        """The first ``n`` readable evaluation samples (fixed masks): the same pictures at every sample step.
+
+        An unreadable image is skipped with a warning, as in training (``data.skip_bad_images``; False:
+        the error stops the run). Returns ``(images [n,3,S,S] in [-1,1], masks [n,1,S,S])``.
+        """
         n = min(n or self.preset.train.num_samples, len(self.eval_set))
-        images, masks = zip(*(self.eval_set[i] for i in range(n)))
+        items = []
+        for i in range(len(self.eval_set)):
+            if len(items) == n:
+                break
+            try:
+                items.append(self.eval_set[i])
+            except OSError as e:
+                if not getattr(self.preset.data, "skip_bad_images", True):
+                    raise
+                warnings.warn(f"sample grids: skipping unreadable image ({first_line(e)})", stacklevel=2)
+        if not items:
+            raise ValueError(f"no readable image among the {len(self.eval_set)} evaluation images")
+        images, masks = zip(*items)
         return torch.stack(images).to(self.device), torch.stack(masks).to(self.device)
 
     # ---- logging ----------------------------------------------------------------------------------
