@@ -45,7 +45,7 @@ class DataConfig:
     """Where images and masks come from and how they are prepared."""
 
     root: str | None = None  # image folder; None = embedded scikit-image samples (no download)
-    layout: str = "folder"  # "folder" | "celeba" | "places2" | "paris"
+    layout: str = "folder"  # "folder" | "celeba" | "places2" | "paris" | "copytask" (synthetic, csa_lib.copytask)
     image_size: int = 256
     resize: str = "square"  # "square" (official: resize to a square) | "center_crop" (CelebA faces)
     crop_top: float | None = None  # center_crop: square starts at this fraction of the spare rows (None = 0.5)
@@ -56,6 +56,13 @@ class DataConfig:
     train_range: tuple[int, int] | None = None  # [start, stop) slice of the sorted file list
     eval_range: tuple[int, int] | None = None
     flip: bool = True  # random horizontal flip when training
+    # Framing augmentation when training (center_crop only; data.framed_crop): the crop moves by up to
+    # this fraction of its side in y and x, zooms in/out by up to this fraction, colours jitter by up to
+    # this fraction (brightness, contrast, saturation). 0 = off (the crop of prepare_image).
+    augment_translate: float = 0.0
+    augment_scale: float = 0.0
+    augment_colour: float = 0.0
+    copy_block: int = 4  # layout "copytask": side of one colour block in pixels (divides the 8-px cell)
     num_workers: int = 0
     skip_bad_images: bool = True  # training: skip an unreadable image with a warning (False = stop with an error)
     eval_seed: int = 1234  # fixed evaluation masks come from this seed
@@ -70,6 +77,7 @@ class ModelConfig:
     csa_semantics: str = "paper"  # "paper" (cosine, guarded) | "official" (exact official forward)
     csa_backward: str = "autograd"  # "autograd" (true gradient) | "official" (custom rule)
     attention: str = "csa"  # "csa" | "identity" | "contextual" | "shift" (ablations)
+    contextual_ksize: int = 3  # patch size of attention="contextual" (1 = single cells: active on small grids)
 
 
 @dataclass
@@ -89,6 +97,9 @@ class LossConfig:
     # Weight of a hole pixel in the L1 terms relative to a known pixel. 1 = the paper's whole-image L1;
     # 6 = Liu et al. 2018 (partial convolutions), valid 1 + hole 6. Formula: csa_lib.losses.l1_loss.
     l1_hole_weight: float = 1.0
+    # Weight of the border total-variation term (losses.border_tv_loss: smoothness of the composite across
+    # the hole's edge, Liu et al. 2018 use 0.1). 0 = off, as in the paper.
+    tv_weight: float = 0.0
 
 
 @dataclass
@@ -112,6 +123,9 @@ class TrainConfig:
     grad_check: bool = True  # stop on a NaN/Inf gradient norm as well as on a NaN/Inf loss
     tensorboard: bool = True  # also log to <out_dir>/tb when the tensorboard package is installed
     num_samples: int = 4  # images in the periodic sample grids (fixed evaluation samples)
+    # Start the generator from these weights (a shipped weights/*.pt or a training checkpoint) instead of
+    # the random initialisation; the discriminators and optimisers start fresh. Ignored on --resume.
+    init_from: str | None = None
 
 
 @dataclass
@@ -196,6 +210,20 @@ def _celeba64() -> Preset:
     )
 
 
+def _copytask() -> Preset:
+    # The copy task (csa_lib.copytask): periodic random textures, one hidden rectangle whose content is
+    # visible one period away. L1 only (hole pixels x6): no VGG, no discriminators, so a step is cheap.
+    # Sizes and schedule chosen by measurement on the 2-core CPU (benchmarks/RESULTS.md, "The copy task").
+    return Preset(
+        name="copytask",
+        data=DataConfig(layout="copytask", image_size=64, flip=False, eval_seed=777, copy_block=8),
+        model=ModelConfig(image_size=64, base_channels=16),
+        loss=LossConfig(lambda_c=0.0, lambda_d=0.0, vgg_weights="none", l1_hole_weight=6.0),
+        train=TrainConfig(batch_size=16, lr=5e-4, steps=3000, decay_start=2000, log_every=50,
+                          sample_every=500, ckpt_every=250, out_dir="runs/copytask"),
+    )
+
+
 def _paper256() -> Preset:
     # Official schedule: 20 epochs constant + 100 epochs linear decay at batch size 1. Expressed in steps
     # for a batch of 16 on a CelebA-sized training set (~160k images): 1 epoch ~ 10k steps.
@@ -210,7 +238,7 @@ def _paper256() -> Preset:
     )
 
 
-PRESETS = {"smoke": _smoke, "demo": _demo, "celeba64": _celeba64, "paper256": _paper256}
+PRESETS = {"smoke": _smoke, "demo": _demo, "celeba64": _celeba64, "copytask": _copytask, "paper256": _paper256}
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .config import SHARED_ROOT
+from .copytask import CopyTask  # noqa: F401  (public here: csa_lib.data.CopyTask)
 from .masks import check_mask, fixed_mask, make_mask_source
 
 #: Real data beside a checkout (``../shared/data``; may be absent, never committed).
@@ -200,6 +201,52 @@ def prepare_image(img: Image.Image, size: int, resize: str = "square",
     return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
 
 
+def framed_crop(img: Image.Image, size: int, crop_top: float | None = None, shift: tuple[float, float] = (0.0, 0.0),
+                zoom: float = 1.0) -> Image.Image:
+    """The ``"center_crop"`` square moved and scaled: a user's photo is never framed like the training crop.
+
+    The square of :func:`prepare_image` (side = the short side, vertical start ``crop_top``) is shifted by
+    ``shift = (dy, dx)`` times its side (positive = the crop moves down/right, so the face moves up/left)
+    and its side divided by ``zoom`` (> 1 zooms in: the face gets larger; < 1 zooms out), keeping its
+    centre. Parts of the square outside the photo are filled by mirroring the photo at its edge (no black
+    bars for the network to learn). ``shift=(0, 0), zoom=1`` is exactly ``prepare_image(..., "center_crop")``.
+    """
+    if zoom <= 0:
+        raise ValueError(f"zoom must be > 0, got {zoom}")
+    w, h = img.size
+    s = min(w, h)
+    crop_top = 0.5 if crop_top is None else crop_top
+    left0, top0 = (w - s) // 2, round(crop_top * (h - s))
+    if shift == (0.0, 0.0) and zoom == 1.0:
+        return img.crop((left0, top0, left0 + s, top0 + s)).resize((size, size), Image.BICUBIC)
+    side = s / zoom
+    cy, cx = top0 + s / 2 + shift[0] * s, left0 + s / 2 + shift[1] * s
+    top, left = cy - side / 2, cx - side / 2
+    pad = int(np.ceil(max(0.0, -top, -left, top + side - h, left + side - w))) + 2
+    if pad > 2:
+        arr = np.pad(np.asarray(img), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        src, off = Image.fromarray(arr), pad
+    else:
+        src, off = img, 0
+    box = (left + off, top + off, left + off + side, top + off + side)
+    return src.resize((size, size), Image.BICUBIC, box=box)
+
+
+def jitter_colour(image: torch.Tensor, amount: float, g: torch.Generator) -> torch.Tensor:
+    """Mild colour jitter of ``image [3,H,W]`` in [-1, 1]: brightness, contrast and saturation each
+    scaled by a factor in ``[1 - amount, 1 + amount]`` (torchvision's ``ColorJitter`` definitions, on
+    the [0, 1] scale). ``amount = 0`` returns the image unchanged."""
+    if amount <= 0:
+        return image
+    b, c, s = (1 + amount * (2 * torch.rand(3, generator=g) - 1)).tolist()
+    x = (image + 1) / 2 * b
+    grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])
+    x = (x - grey.mean()) * c + grey.mean()
+    grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])
+    x = (x - grey) * s + grey
+    return x.clamp(0, 1) * 2 - 1
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB -> float ``[3, H, W]`` in [-1, 1]."""
     arr = np.asarray(img, dtype=np.float32)
@@ -243,7 +290,8 @@ class InpaintingDataset(Dataset):
 
     def __init__(self, root: str | Path | None, image_size: int, mask_source, resize: str = "square",
                  files: Sequence[str | Path] | None = None, flip: bool = False, seed: int | None = None,
-                 on_error: str = "raise", crop_top: float | None = None):
+                 on_error: str = "raise", crop_top: float | None = None,
+                 augment: tuple[float, float, float] = (0.0, 0.0, 0.0)):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if resize not in ("square", "center_crop"):
@@ -260,6 +308,16 @@ class InpaintingDataset(Dataset):
         self.root, self.files = root, list(files)
         self.image_size, self.resize, self.crop_top = image_size, resize, crop_top
         self.mask_source, self.flip, self.seed, self.on_error = _mask_source(mask_source), flip, seed, on_error
+        translate, scale, colour = (float(v) for v in augment)
+        if not (0 <= translate < 0.5 and 0 <= scale < 0.5 and 0 <= colour < 1):
+            raise ValueError(f"augment (translate, scale, colour) must be in [0, 0.5) x [0, 0.5) x [0, 1), "
+                             f"got {augment!r}")
+        if (translate or scale) and resize != "center_crop":
+            raise ValueError("translation/scale augmentation needs resize='center_crop'")
+        self.augment = (translate, scale, colour)
+        #: A fixed framing ``(dy, dx, zoom)`` for evaluation at other crops (:func:`framed_crop`); None = the
+        #: preset's crop. Set it on an evaluation set to score a model on faces framed differently.
+        self.framing: tuple[float, float, float] | None = None
         self._bad: set[int] = set()
 
     @property
@@ -291,7 +349,19 @@ class InpaintingDataset(Dataset):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
         i = i % len(self)
         g = _item_generator(self.seed, i)
-        image = to_tensor(prepare_image(self._load(i), self.image_size, self.resize, self.crop_top))
+        translate, scale, colour = self.augment
+        if translate or scale:
+            u = (2 * torch.rand(3, generator=g) - 1).tolist()  # three uniform draws in [-1, 1]
+            # zoom uniform in log space between 1/(1+scale) and 1+scale: zooming in and out equally likely
+            zoom = (1 + scale) ** u[2]
+            img = framed_crop(self._load(i), self.image_size, self.crop_top,
+                              shift=(translate * u[0], translate * u[1]), zoom=zoom)
+        elif self.framing is not None:
+            dy, dx, zoom = self.framing
+            img = framed_crop(self._load(i), self.image_size, self.crop_top, shift=(dy, dx), zoom=zoom)
+        else:
+            img = prepare_image(self._load(i), self.image_size, self.resize, self.crop_top)
+        image = jitter_colour(to_tensor(img), colour, g)
         mask = check_mask(self.mask_source(g), self.image_size).float()
         if self.flip and torch.rand((), generator=g).item() < 0.5:
             image = image.flip(-1)
@@ -429,6 +499,10 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
     seed = None if train else data_cfg.eval_seed
     flip = bool(data_cfg.flip) and train
     rng = data_cfg.train_range if train else data_cfg.eval_range
+    if data_cfg.layout == "copytask":  # synthetic: training items from seed 0, evaluation from eval_seed
+        start, stop = rng if rng is not None else ((0, 200_000) if train else (0, 256))
+        return CopyTask(stop - start, data_cfg.image_size, seed=0 if train else data_cfg.eval_seed,
+                        block=data_cfg.copy_block)
     if data_cfg.root is None:
         start, stop = rng if rng is not None else (0, 1000 if train else 32)
         seed = None if train else seed + start
@@ -437,9 +511,12 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
     # Training skips an unreadable file (with a warning naming it) rather than ending a long run at
     # the step that reaches it; evaluation always raises, so that scores never silently cover fewer images.
     on_error = "skip" if train and getattr(data_cfg, "skip_bad_images", True) else "raise"
+    # Framing augmentation (translation, zoom, colour) is for training only: evaluation keeps the preset's crop.
+    augment = ((data_cfg.augment_translate, data_cfg.augment_scale, data_cfg.augment_colour) if train
+               else (0.0, 0.0, 0.0))
     return InpaintingDataset(data_cfg.root, data_cfg.image_size, source, resize=data_cfg.resize,
                              files=files, flip=flip, seed=seed, crop_top=getattr(data_cfg, "crop_top", None),
-                             on_error=on_error)
+                             on_error=on_error, augment=augment)
 
 
 #: The face in scikit-image's ``astronaut`` photo (NASA, public domain) as (left, top, right, bottom),

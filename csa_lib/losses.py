@@ -52,6 +52,24 @@ def l1_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, hole_weigh
     return (err * (1 + (hole_weight - 1) * mask.float())).mean()
 
 
+def border_tv_loss(composite: Tensor, mask: Tensor) -> Tensor:
+    """Total variation of the composite over the hole grown by one pixel (Liu et al. 2018's L_tv).
+
+    composite ``[B,3,H,W]`` (generated in the hole, known outside), mask ``[B,1,H,W]`` (1 = hole). With
+    ``R`` = the hole dilated by one pixel (3x3), the loss is the mean absolute difference between
+    horizontally and vertically adjacent pixels that both lie in ``R``: it penalises a step between the
+    first generated pixel and the known pixel beside it, which a whole-image L1 hardly sees.
+    """
+    region = torch.nn.functional.max_pool2d(mask.float(), 3, stride=1, padding=1)
+    c = composite.float()
+    wx = region[..., :, 1:] * region[..., :, :-1]
+    wy = region[..., 1:, :] * region[..., :-1, :]
+    dx = (c[..., :, 1:] - c[..., :, :-1]).abs() * wx
+    dy = (c[..., 1:, :] - c[..., :-1, :]).abs() * wy
+    n = (wx.sum() + wy.sum()) * c.shape[1]
+    return (dx.sum() + dy.sum()) / n.clamp_min(1)
+
+
 def match_channels(target: Tensor, channels: int) -> Tensor:
     """VGG relu4_3 has 512 channels; a narrow generator (8C < 512) is compared with channel-group means.
 
@@ -145,12 +163,23 @@ class InpaintingLoss(nn.Module):
         if cfg.consistency not in CONSISTENCY_VARIANTS:
             raise ValueError(f"LossConfig.consistency={cfg.consistency!r}; choose one of "
                              f"{CONSISTENCY_VARIANTS}")
-        if vgg is None:
+        self.cfg = cfg
+        if vgg is None and self.needs_vgg:
             from .vgg import VGG16Features
 
             vgg = VGG16Features(cfg.vgg_weights)
-        self.cfg = cfg
-        self.vgg = vgg
+        self.vgg = vgg if self.needs_vgg else None
+
+    @property
+    def needs_vgg(self) -> bool:
+        """False when both VGG-based terms are switched off (``lambda_c = lambda_d = 0``, e.g. the copy
+        task): then no VGG is built or run, and the consistency and GAN terms are logged as 0."""
+        return self.cfg.lambda_c != 0 or self.cfg.lambda_d != 0
+
+    @property
+    def needs_discriminators(self) -> bool:
+        """False when ``lambda_d = 0``: the trainer then skips the discriminator step (they stay at init)."""
+        return self.cfg.lambda_d != 0
 
     @property
     def official(self) -> bool:
@@ -175,22 +204,34 @@ class InpaintingLoss(nn.Module):
         ``l1_hole_weight`` != 1).
         """
         w = self.cfg.l1_hole_weight
-        with torch.no_grad():
-            real = self._vgg(image, ("pool3", "relu4_3"))
-            real_img_pred = image_D(image)
-            real_feat_pred = feature_D(real["pool3"])
-        fake = out.refined.detach() if self.official else out.refined  # official: VGG of fake_B.data
-        fake_pool3 = self._vgg(fake, ("pool3",))["pool3"]
-        variant = self.consistency_variant
-        terms = {
-            "l1_coarse": l1_loss(out.coarse, image, mask, w),
-            "l1_refined": l1_loss(out.refined, image, mask, w),
-            "cons_csa": consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, variant),
-            "cons_decoder": consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole,
-                                             variant),
-            "g_image": ralsgan_g(real_img_pred, image_D(out.refined)),
-            "g_feature": ralsgan_g(real_feat_pred, feature_D(fake_pool3)),
-        }
+        terms = {"l1_coarse": l1_loss(out.coarse, image, mask, w),
+                 "l1_refined": l1_loss(out.refined, image, mask, w)}
+        zero = out.refined.new_zeros(()).float()
+        # A term whose weight is 0 is logged as 0 and not computed (no VGG pass, no discriminator pass):
+        # the copy task trains on L1 (+ consistency) alone. The paper's presets have every weight > 0.
+        if self.cfg.lambda_c != 0 or self.cfg.lambda_d != 0:
+            taps = ("pool3", "relu4_3") if self.cfg.lambda_d != 0 else ("relu4_3",)
+            with torch.no_grad():
+                real = self._vgg(image, taps)
+        if self.cfg.lambda_c != 0:
+            variant = self.consistency_variant
+            terms["cons_csa"] = consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, variant)
+            terms["cons_decoder"] = consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole,
+                                                     variant)
+        else:
+            terms["cons_csa"] = terms["cons_decoder"] = zero
+        if self.cfg.lambda_d != 0:
+            with torch.no_grad():
+                real_img_pred = image_D(image)
+                real_feat_pred = feature_D(real["pool3"])
+            fake = out.refined.detach() if self.official else out.refined  # official: VGG of fake_B.data
+            fake_pool3 = self._vgg(fake, ("pool3",))["pool3"]
+            terms["g_image"] = ralsgan_g(real_img_pred, image_D(out.refined))
+            terms["g_feature"] = ralsgan_g(real_feat_pred, feature_D(fake_pool3))
+        else:
+            terms["g_image"] = terms["g_feature"] = zero
+        if self.cfg.tv_weight:
+            terms["tv"] = border_tv_loss(out.refined * mask + image * (1 - mask), mask)
         if self.official:
             # Official: Variable(loss.data, requires_grad=True) -- a value without a graph.
             terms["cons_csa"] = terms["cons_csa"].detach()
@@ -205,6 +246,8 @@ class InpaintingLoss(nn.Module):
         total = (c.lambda_r * (t["l1_coarse"] + t["l1_refined"])
                  + c.lambda_c * (t["cons_csa"] + t["cons_decoder"])
                  + c.lambda_d * (t["g_image"] + t["g_feature"]))
+        if "tv" in t:
+            total = total + c.tv_weight * t["tv"]
         logs = {k: float(v.detach()) for k, v in t.items()}
         logs["g_total"] = float(total.detach())
         return total, logs

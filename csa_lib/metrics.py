@@ -76,6 +76,30 @@ def psnr(pred: Tensor, target: Tensor, reduction: str = "mean", clamp: bool = Tr
     return _reduce(10 * torch.log10(1.0 / mse), reduction)
 
 
+def hole_l1(pred: Tensor, target: Tensor, mask: Tensor, clamp: bool = True) -> Tensor:
+    """Mean absolute error on the [0, 1] scale over the hole pixels only, per image: ``[B]``.
+
+    pred, target ``[B,C,H,W]`` in [-1, 1]; mask ``[B,1,H,W]`` (1 = hole). An image without hole pixels
+    gives ``nan`` (there is nothing to score), never 0 or ``inf``.
+    """
+    _check_pair(pred, target)
+    m = mask.float().expand_as(pred)
+    err = (to_unit(pred, clamp) - to_unit(target, clamp)).abs() * m
+    n = m.flatten(1).sum(1)
+    return torch.where(n > 0, err.flatten(1).sum(1) / n.clamp_min(1), torch.full_like(n, float("nan")))
+
+
+def hole_psnr(pred: Tensor, target: Tensor, mask: Tensor, clamp: bool = True) -> Tensor:
+    """PSNR in dB (data range 1) over the hole pixels only, per image: ``[B]``; ``nan`` without a hole,
+    ``inf`` for an exact fill (the oracle)."""
+    _check_pair(pred, target)
+    m = mask.float().expand_as(pred)
+    sq = (to_unit(pred, clamp) - to_unit(target, clamp)).pow(2) * m
+    n = m.flatten(1).sum(1)
+    mse = sq.flatten(1).sum(1) / n.clamp_min(1)
+    return torch.where(n > 0, 10 * torch.log10(1.0 / mse), torch.full_like(n, float("nan")))
+
+
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> Tensor:
     """1-D normalised Gaussian of ``size`` taps (the separable SSIM window), shape ``[size]``."""
     x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
@@ -597,13 +621,16 @@ def error_by_border_distance(pred: Tensor, target: Tensor, mask: Tensor,
 
 
 def held_out_faces(start: int = 9000, n: int = 1000, bins=NVIDIA_BINS, seed: int = 1234,
-                   data_dir=None, mask_dir=None) -> BinnedMaskProtocol:
+                   data_dir=None, mask_dir=None, framing: tuple[float, float, float] | None = None
+                   ) -> BinnedMaskProtocol:
     """The protocol of the shipped CelebA-64 model: held-out faces with fixed NVIDIA masks per bin.
 
     Faces ``[start, start + n)`` of the ``celeba64`` preset's sorted folder (capped at its evaluation
     range, 9,000-10,000), prepared as that preset prepares them (centre crop, 64 px), and a
     :class:`BinnedMaskProtocol` over the NVIDIA mask folder. ``data_dir`` / ``mask_dir`` default to the
     shared folders beside the repository. The benchmark script, notebook 07 and the tests all use this.
+    ``framing = (dy, dx, zoom)`` frames the same faces differently (:func:`csa_lib.data.framed_crop`: the
+    crop moved by ``dy, dx`` times its side, zoomed in by ``zoom``); the masks stay the same.
     """
     from csa_lib.config import SHARED_ROOT, get_preset
     from csa_lib.data import build_dataset
@@ -614,4 +641,6 @@ def held_out_faces(start: int = 9000, n: int = 1000, bins=NVIDIA_BINS, seed: int
     cfg.masks, cfg.mask_dir = "center", None  # the images only; the masks come from the protocol
     cfg.eval_range = (start, min(start + n, cfg.eval_range[1]))
     masks = MaskFolder(mask_dir or SHARED_ROOT / "data" / "nvidia_masks_256", cfg.image_size, augment=False)
-    return BinnedMaskProtocol(build_dataset(cfg, "eval"), masks, bins=bins, seed=seed)
+    faces = build_dataset(cfg, "eval")
+    faces.framing = framing
+    return BinnedMaskProtocol(faces, masks, bins=bins, seed=seed)

@@ -141,8 +141,11 @@ class _ShiftFused(nn.Module):
 
 
 def make_attention(kind: str, channels: int, csa_semantics: str = "paper",
-                   csa_backward: str = "autograd") -> nn.Module:
-    """The layer at the CSA position: ``forward(x [B,C,h,w], hole bool [B,1,h,w], return_attention)``."""
+                   csa_backward: str = "autograd", contextual_ksize: int = 3) -> nn.Module:
+    """The layer at the CSA position: ``forward(x [B,C,h,w], hole bool [B,1,h,w], return_attention)``.
+
+    ``contextual_ksize``: patch size of contextual attention (3 = DeepFill; at a 64-px image's 8x8 grid a
+    large hole often leaves no complete known 3x3 window, and the layer is then the identity: use 1)."""
     if kind == "csa":
         from .csa import CoherentSemanticAttention
 
@@ -152,7 +155,7 @@ def make_attention(kind: str, channels: int, csa_semantics: str = "paper",
     if kind == "contextual":
         from .peers import ContextualAttention
 
-        return ContextualAttention()
+        return ContextualAttention(ksize=contextual_ksize)
     if kind == "shift":
         return _ShiftFused(channels)
     raise ValueError(f"unknown attention {kind!r}; choose one of {ATTENTIONS}")
@@ -187,7 +190,7 @@ class RefineNet(nn.Module):
     """
 
     def __init__(self, base_channels: int = 64, image_size: int = 256, attention: str = "csa",
-                 csa_semantics: str = "paper", csa_backward: str = "autograd"):
+                 csa_semantics: str = "paper", csa_backward: str = "autograd", contextual_ksize: int = 3):
         super().__init__()
         n = _levels(image_size)
         if n < FEATURE_LEVELS + 1:
@@ -198,7 +201,8 @@ class RefineNet(nn.Module):
         levels, c = [], C
         for i in range(1, n):  # levels 1..n-1; the innermost level n is built below
             c_out = 2 * c if i <= FEATURE_LEVELS else c
-            att = make_attention(attention, c_out, csa_semantics, csa_backward) if i == FEATURE_LEVELS else None
+            att = (make_attention(attention, c_out, csa_semantics, csa_backward, contextual_ksize)
+                   if i == FEATURE_LEVELS else None)
             levels.append(_RefineLevel(c, c_out, att))
             c = c_out
         self.levels = nn.ModuleList(levels)
@@ -339,7 +343,7 @@ class CSAInpainter(nn.Module):
         self.cfg = cfg
         self.coarse_net = CoarseNet(cfg.base_channels, cfg.image_size)
         self.refine_net = RefineNet(cfg.base_channels, cfg.image_size, cfg.attention,
-                                    cfg.csa_semantics, cfg.csa_backward)
+                                    cfg.csa_semantics, cfg.csa_backward, cfg.contextual_ksize)
 
     def refine_input(self, image: Tensor, mask: Tensor, coarse: Tensor) -> Tensor:
         """6-channel refinement input: [coarse in the hole + known pixels, image with the hole zeroed].

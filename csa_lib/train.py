@@ -569,6 +569,25 @@ class RunLock:
         self.release()
 
 
+def init_generator(generator: nn.Module, path: str | Path) -> None:
+    """Load generator weights into ``generator`` from a shipped weights file (a state dict, e.g.
+    ``weights/csa_celeba64.pt``, fp16 cast to the model's dtype) or a training checkpoint (its
+    ``"generator"`` entry). Errors name the file (``FileNotFoundError`` / ``ValueError``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - one line naming the file
+        raise ValueError(f"train.init_from: cannot read {path}: {str(e).splitlines()[0]}") from None
+    if isinstance(state, dict) and "generator" in state:
+        state = state["generator"]
+    try:
+        generator.load_state_dict({k: v.float() for k, v in state.items()})
+    except (RuntimeError, AttributeError) as e:
+        raise ValueError(f"train.init_from: {path} does not fit this model: {str(e).splitlines()[0]}") from None
+
+
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """``(generator in eval mode on device, Preset)`` from a checkpoint file or run folder."""
     from .networks import build_models
@@ -760,10 +779,13 @@ class Trainer:
         seed_everything(cfg.seed)  # model initialisation is a function of the seed
 
         self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
+        if cfg.init_from:
+            init_generator(self.G, cfg.init_from)
         # Under torchrun the steps go through DistributedDataParallel wrappers (they share the parameters);
         # self.G/D/F stay the plain modules: checkpoints, samples and the frozen-D generator phase use them.
         self.ddp = tuple(distributed.wrap(m, self.device) for m in (self.G, self.D, self.F))
-        if vgg is None:  # "auto" falls back to random weights (with a warning) rather than download
+        needs_vgg = preset.loss.lambda_c != 0 or preset.loss.lambda_d != 0  # InpaintingLoss.needs_vgg
+        if vgg is None and needs_vgg:  # "auto" falls back to random weights (with a warning) rather than download
             vgg = VGG16Features(preset.loss.vgg_weights)
         self.criterion = InpaintingLoss(preset.loss, vgg).to(self.device)
 
@@ -964,18 +986,11 @@ class Trainer:
         with self._autocast():
             out = G(image, mask)
 
-        # Discriminators: real images against the (detached) generated ones.
-        with self._autocast(), distributed.global_batch():
-            loss_d, logs_d = self.criterion.discriminator(detach_output(out), image, D, F)
-        logs_d = distributed.mean_over_ranks(logs_d, self.device)
-        self._check(loss_d, logs_d, "discriminator")
-        self.opt["D"].zero_grad(set_to_none=True)
-        self.opt["F"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        gn_d = self._check_grad(self.D, "image discriminator")
-        gn_f = self._check_grad(self.F, "feature discriminator")
-        self.opt["D"].step()
-        self.opt["F"].step()
+        if self.criterion.needs_discriminators:
+            gn_d, gn_f, logs_d = self._discriminator_step(out, image, D, F)
+        else:  # lambda_d = 0 (the copy task): the discriminators play no part
+            gn_d = gn_f = 0.0
+            logs_d = {"d_image": 0.0, "d_feature": 0.0, "d_total": 0.0}
 
         # Generator: the discriminators are frozen so that no gradient accumulates in them. They run as
         # the plain modules (not the DDP wrappers): no parameter gradient there, so nothing to all-reduce.
@@ -993,14 +1008,31 @@ class Trainer:
             set_requires_grad([self.D, self.F], True)
 
         lr = self.sched["G"].get_last_lr()[0]  # the rate this step used
-        for s in self.sched.values():
-            s.step()
+        for k, s in self.sched.items():
+            if k == "G" or self.criterion.needs_discriminators:  # idle discriminators: no optimiser step
+                s.step()
         self.step += 1
         return {**{f"G/{k}": float(v) for k, v in logs_g.items() if not k.endswith("total")},
                 "G/total": logs_g["g_total"],  # the loss's value (averaged over the ranks under torchrun)
                 **{f"D/{k}": float(v) for k, v in logs_d.items() if not k.endswith("total")},
                 "D/total": logs_d["d_total"],
                 "grad/G": gn_g, "grad/D": gn_d, "grad/F": gn_f, "lr": lr}
+
+    def _discriminator_step(self, out, image, D, F) -> tuple[float, float, dict[str, float]]:
+        """Discriminators: real images against the (detached) generated ones. Returns the two gradient
+        norms and the logs."""
+        with self._autocast(), distributed.global_batch():
+            loss_d, logs_d = self.criterion.discriminator(detach_output(out), image, D, F)
+        logs_d = distributed.mean_over_ranks(logs_d, self.device)
+        self._check(loss_d, logs_d, "discriminator")
+        self.opt["D"].zero_grad(set_to_none=True)
+        self.opt["F"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        gn_d = self._check_grad(self.D, "image discriminator")
+        gn_f = self._check_grad(self.F, "feature discriminator")
+        self.opt["D"].step()
+        self.opt["F"].step()
+        return gn_d, gn_f, logs_d
 
     # ---- data -------------------------------------------------------------------------------------
     def loader(self) -> DataLoader:

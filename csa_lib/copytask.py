@@ -1,0 +1,191 @@
+"""The copy task: a synthetic inpainting problem that only attention can solve.
+
+The Annotated Transformer teaches attention with a copy task; this is ours. Every image is a **periodic
+texture**: a random tile of colour blocks repeated with a random period vector ``(P_y, P_x)``. The hole
+hides a cell-aligned rectangle, and the hidden content is, pixel for pixel, the image shifted by a whole
+number of periods, somewhere it is visible:
+
+    image[y, x] = image[y + k P_y, x + l P_x]        for every integer k, l with both pixels inside
+
+- **Nothing local predicts the hole.** The tile's colours are independent uniform draws, so the pixels
+  next to the hole say nothing about the hole itself; continuing the border (biharmonic, a plain U-Net)
+  can only reach the mean-colour level.
+- **The surroundings say where the copy is.** A hole cell's neighbourhood repeats with the period, so the
+  cell whose neighbourhood matches is the copy: exactly what CSA's search (``argmax`` of feature cosine
+  over the known cells) can find.
+- **Too much to carry through a bottleneck.** A tile holds up to ``(40/4)^2 = 100`` colour blocks (300
+  numbers) and the period changes from image to image, so a network without attention would have to
+  infer the period and route hundreds of values from the copy to the hole.
+- **Cell-aligned.** Periods, hole and blocks sit on the 8-px grid of the CSA level (1/8 resolution), so
+  the copy of a hole cell is exactly one known cell: ``offset(i) // 8`` is the true source in cells.
+
+``CopyTask(n, image_size, seed)[i]`` -> ``(image [3,S,S] in [-1,1], mask [1,S,S] float, 1 = hole)``;
+``offset(i)`` -> ``(dy, dx)`` pixels such that the true value at every hole pixel ``(y, x)`` is
+``image[:, y + dy, x + dx]``, a known pixel. Item ``i`` depends only on ``(seed, i)``: the same on every
+machine and every run, nothing downloaded.
+
+:func:`oracle_fill` pastes the true copy (the ceiling: exact), :func:`copy_source_cells` gives the true
+source cell of every hole cell (what the attention measurement compares CSA's choice with).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+#: The CSA level's cell side in pixels (the layer works at 1/8 resolution, ``config.FEATURE_LEVELS``).
+CELL = 8
+#: Periods (pixels, per axis) and hole sides (cells) of the default task; at 64 px a hole is 2-3 cells a side.
+DEFAULT_PERIODS = (16, 24, 32, 40)
+DEFAULT_HOLE_CELLS = (2, 3)
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    """One drawn sample before it becomes tensors (all sizes in pixels)."""
+
+    period: tuple[int, int]  # (P_y, P_x)
+    hole: tuple[int, int, int, int]  # (top, left, height, width), multiples of CELL
+    offset: tuple[int, int]  # (dy, dx) from a hole pixel to its visible copy
+
+
+class CopyTask(Dataset):
+    """Periodic random textures with one hidden, cell-aligned rectangle (see the module docstring).
+
+    - ``n``: number of items (``len``); ``image_size`` ``S``: a power of two >= 32 (the networks' rule).
+    - ``seed``: item ``i`` is drawn from ``torch.Generator().manual_seed(seed * 1_000_003 + i)``.
+    - ``block``: side of one colour block in pixels (divides 8): 4 = 2x2 blocks per CSA cell.
+    - ``periods``: the allowed periods per axis, multiples of 8 (drawn independently for y and x);
+      default :data:`DEFAULT_PERIODS` below ``image_size``.
+    - ``hole_cells``: the allowed hole sides in cells (drawn independently for height and width);
+      default :data:`DEFAULT_HOLE_CELLS` up to half the image.
+    """
+
+    def __init__(self, n: int, image_size: int = 64, seed: int = 0, block: int = 4,
+                 periods: tuple[int, ...] | None = None, hole_cells: tuple[int, ...] | None = None):
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"CopyTask: n must be a positive integer, got {n!r}")
+        if image_size < 32 or image_size & (image_size - 1):
+            raise ValueError(f"CopyTask: image_size must be a power of two >= 32, got {image_size}")
+        if block < 1 or CELL % block:
+            raise ValueError(f"CopyTask: block must divide the cell side {CELL}, got {block}")
+        if periods is None:  # default: 16..40 px, as far as the image allows
+            periods = tuple(p for p in DEFAULT_PERIODS if p < image_size)
+        if hole_cells is None:
+            hole_cells = tuple(h for h in DEFAULT_HOLE_CELLS if h * CELL <= image_size // 2)
+        periods, hole_cells = tuple(int(p) for p in periods), tuple(int(h) for h in hole_cells)
+        if not periods or any(p % CELL or p < CELL or p >= image_size for p in periods):
+            raise ValueError(f"CopyTask: periods must be multiples of {CELL} below image_size {image_size}, "
+                             f"got {periods}")
+        if not hole_cells or any(h < 1 or h * CELL > image_size // 2 for h in hole_cells):
+            raise ValueError(f"CopyTask: hole_cells must be in [1, {image_size // (2 * CELL)}], got {hole_cells}")
+        self.n, self.image_size, self.seed, self.block = n, image_size, int(seed), block
+        self.periods, self.hole_cells = periods, hole_cells
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _generator(self, i: int) -> torch.Generator:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for a CopyTask of {self.n} items")
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+
+    def _pick(self, values: tuple[int, ...], g: torch.Generator) -> int:
+        return values[int(torch.randint(len(values), (), generator=g))]
+
+    def _draw(self, i: int) -> tuple[CopyItem, torch.Generator]:
+        """Period, hole and offset of item ``i`` (the generator is left ready to draw the colours)."""
+        g, S, c = self._generator(i), self.image_size, CELL
+        for _ in range(1000):  # rejection: a hole whose copy lies fully inside the image (almost always 1 try)
+            period = (self._pick(self.periods, g), self._pick(self.periods, g))
+            h, w = self._pick(self.hole_cells, g) * c, self._pick(self.hole_cells, g) * c
+            top = int(torch.randint(0, (S - h) // c + 1, (), generator=g)) * c
+            left = int(torch.randint(0, (S - w) // c + 1, (), generator=g)) * c
+            offset = _nearest_copy(period, (top, left, h, w), S)
+            if offset is not None:
+                return CopyItem(period, (top, left, h, w), offset), g
+        raise RuntimeError(f"CopyTask item {i}: no hole with a visible copy after 1000 draws")  # not reached
+
+    def item(self, i: int) -> CopyItem:
+        """The geometry of item ``i``: period, hole rectangle and offset."""
+        return self._draw(i)[0]
+
+    def offset(self, i: int) -> tuple[int, int]:
+        """``(dy, dx)`` in pixels: hole pixel ``(y, x)`` of item ``i`` equals the known ``(y + dy, x + dx)``."""
+        return self.item(i).offset
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        it, g = self._draw(i)
+        S, b = self.image_size, self.block
+        (py, px), (top, left, h, w) = it.period, it.hole
+        tile = torch.rand(3, py // b, px // b, generator=g) * 2 - 1  # independent colours in [-1, 1]
+        tile = tile.repeat_interleave(b, dim=1).repeat_interleave(b, dim=2)  # [3, P_y, P_x]
+        reps = (S // py + 2, S // px + 2)
+        image = tile.repeat(1, *reps)[:, :S, :S].contiguous()
+        mask = torch.zeros(1, S, S)
+        mask[:, top:top + h, left:left + w] = 1.0
+        return image, mask
+
+
+def _nearest_copy(period: tuple[int, int], hole: tuple[int, int, int, int], size: int) -> tuple[int, int] | None:
+    """The shortest whole-period shift ``(k P_y, l P_x)`` that moves the hole rectangle fully inside the
+    image and off itself, or None. Ties: the first in the scan order (smaller ``|dy| + |dx|``, then dy, dx)."""
+    (py, px), (top, left, h, w) = period, hole
+    best = None
+    for k in range(-(size // py), size // py + 1):
+        for l in range(-(size // px), size // px + 1):
+            dy, dx = k * py, l * px
+            if (dy, dx) == (0, 0):
+                continue
+            inside = 0 <= top + dy and top + dy + h <= size and 0 <= left + dx and left + dx + w <= size
+            disjoint = abs(dy) >= h or abs(dx) >= w
+            if inside and disjoint:
+                key = (abs(dy) + abs(dx), dy, dx)
+                if best is None or key < best[0]:
+                    best = (key, (dy, dx))
+    return None if best is None else best[1]
+
+
+def oracle_fill(dataset: CopyTask, i: int) -> Tensor:
+    """Item ``i`` with its hole filled by the visible copy (the ceiling; equals the image exactly)."""
+    image, mask = dataset[i]
+    dy, dx = dataset.offset(i)
+    shifted = torch.roll(image, shifts=(-dy, -dx), dims=(1, 2))  # shifted[y, x] = image[y + dy, x + dx]
+    return image * (1 - mask) + shifted * mask
+
+
+def copy_source_cells(dataset: CopyTask, i: int) -> tuple[Tensor, Tensor]:
+    """True source of every hole cell of item ``i`` at the CSA level (flat raster indices, ``S/8`` wide).
+
+    Returns ``(hole_index [T], source_index [T])`` in the raster order of the hole cells (the order CSA
+    generates them in), so that ``source_index[t]`` is the cell that holds the content of ``hole_index[t]``.
+    Every periodic copy is equally right; this one is ``offset(i)`` (``copies_of_cell`` lists them all).
+    """
+    it = dataset.item(i)
+    (top, left, h, w), (dy, dx) = it.hole, it.offset
+    W = dataset.image_size // CELL
+    rows = torch.arange(top // CELL, (top + h) // CELL)
+    cols = torch.arange(left // CELL, (left + w) // CELL)
+    r, c = torch.meshgrid(rows, cols, indexing="ij")
+    hole = (r * W + c).flatten()
+    source = ((r + dy // CELL) * W + (c + dx // CELL)).flatten()
+    return hole, source
+
+
+def copies_of_cell(dataset: CopyTask, i: int, cell: int) -> Tensor:
+    """Every known cell of item ``i`` whose content equals hole cell ``cell`` (flat index), i.e. all
+    whole-period shifts of it that land on a known cell. The attention measurement counts any of them
+    as the true source."""
+    it = dataset.item(i)
+    (py, px), (top, left, h, w) = it.period, it.hole
+    W = H = dataset.image_size // CELL
+    y, x = divmod(int(cell), W)
+    out = []
+    for yy in range(y % (py // CELL), H, py // CELL):
+        for xx in range(x % (px // CELL), W, px // CELL):
+            in_hole = top // CELL <= yy < (top + h) // CELL and left // CELL <= xx < (left + w) // CELL
+            if not in_hole:
+                out.append(yy * W + xx)
+    return torch.tensor(out, dtype=torch.long)

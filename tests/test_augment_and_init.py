@@ -1,0 +1,127 @@
+"""Framing augmentation (data.framed_crop / jitter_colour), train.init_from, the border TV term and the
+loss terms that are skipped when their weight is 0."""
+import pytest
+import torch
+from PIL import Image
+
+from csa_lib.config import LossConfig, ModelConfig, get_preset
+from csa_lib.data import InpaintingDataset, framed_crop, jitter_colour, prepare_image, to_tensor
+from csa_lib.losses import InpaintingLoss, border_tv_loss
+from csa_lib.networks import CSAInpainter, build_models
+from csa_lib.train import Trainer, init_generator
+
+
+def _photo(w=89, h=109):
+    g = torch.Generator().manual_seed(0)
+    arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr)
+
+
+def test_framed_crop_without_shift_is_the_centre_crop():
+    img = _photo()
+    a = to_tensor(framed_crop(img, 64, 0.75))
+    b = to_tensor(prepare_image(img, 64, "center_crop", 0.75))
+    assert torch.equal(a, b)
+
+
+def test_framed_crop_shift_moves_the_content():
+    # a vertical ramp: moving the crop down shows brighter rows
+    arr = torch.linspace(0, 255, 109).view(109, 1, 1).expand(109, 89, 3).to(torch.uint8).numpy()
+    img = Image.fromarray(arr)
+    base = to_tensor(framed_crop(img, 64, 0.5)).mean()
+    down = to_tensor(framed_crop(img, 64, 0.5, shift=(0.1, 0.0))).mean()
+    zoom_in = to_tensor(framed_crop(img, 64, 0.5, zoom=1.5))
+    assert down > base
+    assert zoom_in[:, 0].mean() > to_tensor(framed_crop(img, 64, 0.5))[:, 0].mean()  # top row nearer the centre
+    out = framed_crop(img, 64, 0.5, zoom=0.7)  # zoom out beyond the photo: mirrored, no black bars
+    assert out.size == (64, 64) and min(out.getextrema()[0]) >= 0
+    with pytest.raises(ValueError, match="zoom"):
+        framed_crop(img, 64, zoom=0)
+
+
+def test_colour_jitter():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 8, 8) * 2 - 1
+    assert torch.equal(jitter_colour(x, 0.0, g), x)
+    y = jitter_colour(x, 0.2, g)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1 and not torch.equal(x, y)
+
+
+def test_dataset_augmentation_is_seeded_and_validated(tmp_path):
+    for k in range(3):
+        _photo().save(tmp_path / f"{k}.png")
+    mask = torch.zeros(1, 32, 32)
+    kw = dict(resize="center_crop", crop_top=0.75, seed=5, augment=(0.08, 0.15, 0.1))
+    a = InpaintingDataset(tmp_path, 32, mask, **kw)
+    b = InpaintingDataset(tmp_path, 32, mask, **kw)
+    plain = InpaintingDataset(tmp_path, 32, mask, resize="center_crop", crop_top=0.75, seed=5)
+    assert torch.equal(a[0][0], b[0][0]) and not torch.equal(a[0][0], plain[0][0])
+    with pytest.raises(ValueError, match="augment"):
+        InpaintingDataset(tmp_path, 32, mask, augment=(0.6, 0, 0), resize="center_crop")
+    with pytest.raises(ValueError, match="center_crop"):
+        InpaintingDataset(tmp_path, 32, mask, augment=(0.1, 0, 0))
+    plain.framing = (0.05, 0.0, 1.1)
+    assert not torch.equal(plain[0][0], InpaintingDataset(tmp_path, 32, mask, resize="center_crop",
+                                                          crop_top=0.75, seed=5)[0][0])
+
+
+def test_init_generator_from_weights_and_checkpoint(tmp_path):
+    cfg = ModelConfig(image_size=32, base_channels=8)
+    torch.manual_seed(0)
+    src = CSAInpainter(cfg)
+    torch.save({k: v.half() for k, v in src.state_dict().items()}, tmp_path / "w.pt")
+    torch.save({"generator": src.state_dict()}, tmp_path / "ckpt.pt")
+    for f in ("w.pt", "ckpt.pt"):
+        torch.manual_seed(1)
+        dst = CSAInpainter(cfg)
+        init_generator(dst, tmp_path / f)
+        k = "coarse_net.down.0.weight"
+        assert torch.allclose(dst.state_dict()[k], src.state_dict()[k], atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        init_generator(dst, tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        init_generator(CSAInpainter(ModelConfig(image_size=32, base_channels=16)), tmp_path / "w.pt")
+
+
+def test_trainer_starts_from_init_from(tmp_path):
+    p = get_preset("smoke")
+    p.train.device, p.train.out_dir = "cpu", str(tmp_path / "run")
+    G = build_models(p.model)[0]
+    torch.save(G.state_dict(), tmp_path / "g.pt")
+    p.train.init_from = str(tmp_path / "g.pt")
+    t = Trainer(p, progress=False)
+    for k, v in G.state_dict().items():
+        assert torch.equal(t.G.state_dict()[k], v)
+
+
+def test_border_tv_loss_hand_example():
+    comp = torch.zeros(1, 1, 4, 4)
+    comp[..., 1, 1] = 1.0  # one generated pixel that jumps by 1 from its known neighbours
+    comp = comp.expand(1, 3, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 1, 1] = 1
+    # region = 3x3 block rows/cols 0..2: 6 horizontal + 6 vertical pairs, 4 of them touch the pixel
+    assert torch.isclose(border_tv_loss(comp, mask), torch.tensor(4 / 12))
+    assert border_tv_loss(torch.zeros(1, 3, 4, 4), mask) == 0
+
+
+def test_zero_weight_terms_skip_vgg_and_discriminators():
+    loss = InpaintingLoss(LossConfig(lambda_c=0, lambda_d=0, vgg_weights="none"))
+    assert loss.vgg is None and not loss.needs_discriminators
+    cfg = ModelConfig(image_size=32, base_channels=8)
+    G, D, F = build_models(cfg)
+    x, m = torch.rand(2, 3, 32, 32) * 2 - 1, torch.zeros(2, 1, 32, 32)
+    m[..., 8:24, 8:24] = 1
+    t = loss.generator_terms(G(x, m), x, m, D, F)
+    assert t["cons_csa"] == 0 and t["g_image"] == 0 and t["l1_refined"] > 0
+
+
+def test_copytask_trainer_skips_the_discriminator_step(tmp_path):
+    p = get_preset("copytask", **{"train.device": "cpu", "train.steps": 2, "train.batch_size": 2,
+                                  "train.out_dir": str(tmp_path), "model.image_size": 32,
+                                  "data.image_size": 32, "model.base_channels": 8, "train.log_every": 1})
+    t = Trainer(p, progress=False)
+    d0 = {k: v.clone() for k, v in t.D.state_dict().items()}
+    t.fit()
+    assert all(torch.equal(d0[k], v) for k, v in t.D.state_dict().items())
+    assert t.step == 2

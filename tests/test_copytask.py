@@ -1,0 +1,94 @@
+"""The copy task (csa_lib.copytask): the dataset contract, the oracle and the true sources."""
+import pytest
+import torch
+
+from csa_lib.config import get_preset
+from csa_lib.copytask import CELL, CopyTask, copies_of_cell, copy_source_cells, oracle_fill
+from csa_lib.data import CopyTask as CopyTaskFromData
+from csa_lib.data import build_dataset
+
+
+def test_public_from_data_module():
+    assert CopyTaskFromData is CopyTask
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_item_contract(size):
+    ds = CopyTask(40, size, seed=3)
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        assert image.shape == (3, size, size) and mask.shape == (1, size, size)
+        assert image.min() >= -1 and image.max() <= 1
+        assert set(mask.unique().tolist()) == {0.0, 1.0}
+        dy, dx = ds.offset(i)
+        ys, xs = mask[0].nonzero(as_tuple=True)
+        # the copy is known and holds exactly the hidden content
+        assert mask[0, ys + dy, xs + dx].sum() == 0
+        assert torch.equal(image[:, ys, xs], image[:, ys + dy, xs + dx])
+
+
+def test_deterministic_and_seed_dependent():
+    a, b, c = CopyTask(5, 64, seed=1), CopyTask(5, 64, seed=1), CopyTask(5, 64, seed=2)
+    for i in range(5):
+        assert torch.equal(a[i][0], b[i][0]) and a.offset(i) == b.offset(i)
+    assert not all(torch.equal(a[i][0], c[i][0]) for i in range(5))
+
+
+def test_oracle_is_exact_and_mean_fill_is_not():
+    ds = CopyTask(20, 64, seed=0)
+    for i in range(20):
+        image, mask = ds[i]
+        assert torch.equal(oracle_fill(ds, i), image)
+        # the hole is not predictable from a constant: the hidden content varies
+        assert image[:, mask[0] > 0].std() > 0.2
+
+
+def test_hole_and_copy_are_cell_aligned():
+    ds = CopyTask(30, 64, seed=5)
+    for i in range(30):
+        it = ds.item(i)
+        assert all(v % CELL == 0 for v in it.hole) and all(v % CELL == 0 for v in it.offset)
+        assert all(p % CELL == 0 for p in it.period)
+
+
+def test_true_source_cells_hold_the_same_content():
+    ds = CopyTask(10, 64, seed=7)
+    W = 64 // CELL
+    for i in range(10):
+        image, mask = ds[i]
+        hole, source = copy_source_cells(ds, i)
+        assert len(hole) == int(mask.sum()) // CELL**2
+        for p, q in zip(hole.tolist(), source.tolist()):
+            (py, px), (qy, qx) = divmod(p, W), divmod(q, W)
+            a = image[:, py * CELL:(py + 1) * CELL, px * CELL:(px + 1) * CELL]
+            b = image[:, qy * CELL:(qy + 1) * CELL, qx * CELL:(qx + 1) * CELL]
+            assert torch.equal(a, b)
+            assert mask[0, qy * CELL, qx * CELL] == 0
+            copies = copies_of_cell(ds, i, p)
+            assert q in copies.tolist()
+            for c in copies.tolist():  # every listed copy is known and identical
+                cy, cx = divmod(c, W)
+                assert mask[0, cy * CELL, cx * CELL] == 0
+                assert torch.equal(a, image[:, cy * CELL:(cy + 1) * CELL, cx * CELL:(cx + 1) * CELL])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=0), "n must be"), (dict(image_size=48), "power of two"), (dict(block=3), "block"),
+    (dict(periods=(12,)), "periods"), (dict(hole_cells=(5,)), "hole_cells")])
+def test_bad_arguments_are_one_line_errors(kwargs, match):
+    args = dict(n=4, image_size=64, seed=0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        CopyTask(**args)
+
+
+def test_index_out_of_range():
+    with pytest.raises(IndexError):
+        CopyTask(3, 64)[3]
+
+
+def test_preset_builds_train_and_held_out_sets():
+    p = get_preset("copytask")
+    train, held = build_dataset(p.data, "train"), build_dataset(p.data, "eval")
+    assert isinstance(train, CopyTask) and isinstance(held, CopyTask)
+    assert train.seed != held.seed  # held-out samples come from another seed
+    assert p.loss.lambda_d == 0 and p.model.image_size == 64
