@@ -302,15 +302,20 @@ def apply_override(preset: Preset, key: str, value: Any) -> None:
 
 
 #: The notebooks' size profiles, smallest first (``notebook_profile``).
-NOTEBOOK_PROFILES = ("smoke", "laptop", "full")
+NOTEBOOK_PROFILES = ("smoke", "laptop", "class", "full")
 
 
 def notebook_profile() -> str:
-    """The size profile a notebook runs at: ``"smoke"``, ``"laptop"`` or ``"full"``.
+    """The size profile a notebook runs at: ``"smoke"``, ``"laptop"``, ``"class"`` or ``"full"``.
 
     - ``smoke``: tiny sizes, seconds; the numbers mean nothing, every line runs (tests, CI).
     - ``laptop``: the notebooks that train do so for a few minutes on a laptop CPU (bf16 where the CPU
       has it natively, ``train.amp="auto"``); losses fall visibly and the pictures start to mean something.
+    - ``class``: a class period on a 2-core laptop CPU. Notebook 06 trains the CSA model on real faces
+      for about 10-15 minutes (02: the coarse net, a few minutes) when a face folder is there
+      (``$CSA_DATA_ROOT``, else ``SHARED_ROOT/data/celeba_10k``), scoring it at fixed steps on held-out
+      faces against biharmonic inpainting and the shipped model; without faces they say what to
+      download and train on the embedded photos. Every other notebook runs as in ``laptop``.
     - ``full``: the sizes of a GPU run.
 
     ``CSA_SMOKE=1`` forces ``smoke`` (tests and CI set it). Otherwise ``CSA_PROFILE`` picks one; unset,
