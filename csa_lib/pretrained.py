@@ -1,6 +1,7 @@
 """Trained weights that ship with the repository, and how to load and export them.
 
-A shipped model is two files in ``weights/``:
+A shipped model is two files in ``weights/`` (a wheel installs them as ``csa_lib/weights/``, see
+:data:`WEIGHTS_DIR`):
 
 - ``<file>.pt``: the generator's state dict only (no optimiser, no discriminators), stored as float16
   to halve the size; loaded with ``torch.load(..., weights_only=True)`` and cast back to float32;
@@ -28,8 +29,15 @@ import torch
 
 from .config import REPO_ROOT, ModelConfig
 
-#: Where the shipped weights and their model cards live.
-WEIGHTS_DIR = REPO_ROOT / "weights"
+#: ``weights/`` of a source checkout (also what an editable install reads).
+CHECKOUT_WEIGHTS = REPO_ROOT / "weights"
+#: The same files inside an installed wheel: pyproject.toml maps ``weights/`` to the package data
+#: ``csa_lib/weights/`` (every ``*.pt``, ``*.json`` and ``*.md`` in it), so ``pip install .`` ships them.
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+#: Where the shipped weights and their model cards live: the installed package's copy when there is
+#: one (a non-editable install, where ``REPO_ROOT`` is site-packages), else the checkout's ``weights/``.
+WEIGHTS_DIR = PACKAGED_WEIGHTS if PACKAGED_WEIGHTS.is_dir() else CHECKOUT_WEIGHTS
 
 #: name -> card file name in :data:`WEIGHTS_DIR` (the card names the weights file).
 PRETRAINED = {"celeba64": "csa_celeba64.json"}
@@ -37,6 +45,10 @@ PRETRAINED = {"celeba64": "csa_celeba64.json"}
 
 class PretrainedError(RuntimeError):
     """A shipped model is missing, corrupt or inconsistent with its card (the message names the file)."""
+
+
+class PretrainedFileNotFound(PretrainedError, FileNotFoundError):
+    """A shipped model's card or weights file is not where it should be (the message names the path)."""
 
 
 def list_pretrained(available_only: bool = False) -> list[str]:
@@ -62,7 +74,8 @@ def read_card(name: str = "celeba64", weights_dir: str | Path | None = None) -> 
         raise PretrainedError(f"unknown pretrained model {name!r}; available: {', '.join(list_pretrained())}")
     card_path = Path(weights_dir or WEIGHTS_DIR) / PRETRAINED[name]
     if not card_path.is_file():
-        raise PretrainedError(f"model card not found: {card_path}")
+        raise PretrainedFileNotFound(f"model card not found: {card_path} (shipped models are read from weights/ "
+                                     "of a checkout, or from csa_lib/weights/ of an installed package)")
     try:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as e:
@@ -86,7 +99,7 @@ def load_pretrained(name: str = "celeba64", device: str | torch.device = "cpu",
     card = read_card(name, weights_dir)
     path = Path(card["card_path"]).parent / card["file"]
     if not path.is_file():
-        raise PretrainedError(f"weights file not found: {path} (named by {card['card_path']})")
+        raise PretrainedFileNotFound(f"weights file not found: {path} (named by {card['card_path']})")
     digest = sha256_file(path)
     if digest != card["sha256"]:
         raise PretrainedError(f"weights file {path} is corrupt or was changed: sha256 {digest[:16]}... "
