@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (Python 3.10+):
 #   make demo   set up, then train the demo preset on the embedded images and write figures to runs/demo/
 #   make test   set up, then run pytest on tests/ and nbval on every notebook
+# Also: make clean-notebooks   strip the outputs JupyterLab saved into notebooks/ (they are committed clean)
 # Also: make lab [LAB_ARGS="--port 8890 --no-browser --ip 127.0.0.1"]   JupyterLab on notebooks/
 #       make test-browser   the JupyterLab widget tests in headless Chromium (tests/test_browser.py)
 #
@@ -26,7 +27,7 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: setup demo test test-py test-nb test-browser lab book bench colab clean
+.PHONY: setup demo test test-py test-nb test-browser lab book bench colab clean clean-notebooks
 
 setup: $(STAMP)
 
@@ -69,6 +70,14 @@ test-browser: setup
 
 lab: setup
 	$(PY) -m jupyter lab $(LAB_ROOT) $(LAB_ARGS) notebooks/
+
+# Notebooks are committed without outputs (tests/test_notebooks_clean.py checks it), but JupyterLab's
+# autosave stores them: this clears outputs, execution counts and run-time cell metadata in place, and
+# changes nothing else (a clean notebook stays byte for byte the same).
+CLEAR_FIELDS := collapsed scrolled execution ExecuteTime
+clean-notebooks: setup
+	$(PY) -m jupyter nbconvert --clear-output --inplace --log-level WARN \
+	  $(foreach f,$(CLEAR_FIELDS),--ClearOutputPreprocessor.remove_metadata_fields=$(f)) $(NOTEBOOKS)
 
 # The notebooks as HTML pages with their outputs and figures (executed in the smoke profile, one after
 # another): open build/book/index.html. CSA_PROFILE=laptop make book for the larger runs (minutes).

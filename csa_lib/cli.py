@@ -172,16 +172,18 @@ def cmd_train(args) -> int:
 
 
 @contextmanager
-def _one_line_warnings():
+def _one_line_warnings(about=None):
     """Python warnings raised inside the block are printed as one line each, ``csa: warning: ...`` on
-    stderr, when it ends (also when it fails); repeated messages once."""
+    stderr (``csa: warning: ABOUT: ...`` naming e.g. the image), when it ends (also when it fails);
+    repeated messages once."""
+    prefix = "" if about is None else f"{about}: "
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield
         finally:
             for text in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
-                print(f"csa: warning: {text}", file=sys.stderr)
+                print(f"csa: warning: {prefix}{text}", file=sys.stderr)
 
 
 def _warn_if_masks_empty(data_cfg, sample: int = 64) -> None:
@@ -203,13 +205,13 @@ def _warn_if_masks_empty(data_cfg, sample: int = 64) -> None:
           "hole): the network would learn to fill nothing", file=sys.stderr)
 
 
-def _train_summary(trainer, result: dict[str, Any]) -> str:
+def _train_summary(trainer, result: dict[str, Any], vgg_note: bool = True) -> str:
     out = trainer.out_dir
     how = "stopped by the time budget" if result["stopped"] == "time_budget" else "done"
     return (f"{how}: step {result['step']}/{trainer.preset.train.steps}, "
             f"{result['elapsed_s'] / 60:.1f} min, {result['images_per_s']:.1f} images/s\n"
             f"  checkpoint: {result['checkpoint']}\n  log:        {out / 'log.jsonl'}\n"
-            f"  samples:    {out / 'samples'}" + _random_vgg_note(trainer))
+            f"  samples:    {out / 'samples'}" + (_random_vgg_note(trainer) if vgg_note else ""))
 
 
 def _random_vgg_note(trainer) -> str:
@@ -288,133 +290,16 @@ def _need_file(path, what: str) -> None:
         raise FileNotFoundError(f"{what} {p}: no such file")
 
 
+#: How ``csa inpaint`` reads masks (``csa_lib.inference.read_mask`` implements it), for ``--help``.
 MASK_RULE = ("a mask is read as greyscale and thresholded: > 127 = hole (white), <= 127 = known, so "
              "anti-aliased and JPEG masks work; a mask holding only the values 0 and 1 is read as 1 = hole")
 
-
-def _read_mask(path, size: tuple[int, int]):
-    """``[1, H, W]`` float mask (1 = hole) from a file, by :data:`MASK_RULE`, at image size ``(H, W)``.
-
-    A mask of another size but the same aspect ratio (within 1%) is resized (nearest); any other size
-    is an error naming both files' sizes.
-    """
-    import torch
-    from PIL import Image
-
-    from .data import load_image
-
-    _need_file(path, "mask")
-    # EXIF orientation applied (drawn on the photo as shown); a bad file is named as the mask.
-    grey = load_image(path, mode="L", what="mask")
-    H, W = size
-    if grey.size != (W, H):
-        if abs(grey.size[0] * H - grey.size[1] * W) > 0.01 * W * H:
-            raise CLIError(f"size mismatch: the image is {W}x{H} but mask {path} is "
-                           f"{grey.size[0]}x{grey.size[1]} (width x height)")
-        grey = grey.resize((W, H), Image.NEAREST)
-    raw = np.asarray(grey)
-    hole = raw > 0 if raw.max(initial=0) == 1 else raw > 127
-    _warn_faint_strokes(path, raw, hole)
-    return torch.from_numpy(hole.astype(np.float32))[None]
-
-
-def _warn_faint_strokes(path, raw, hole) -> None:
-    """Warn (stderr) when a mask has more drawn-looking pixels at or below the threshold than holes.
-
-    ``raw``: the greyscale mask, uint8 ``[H, W]``; ``hole``: its thresholded bool ``[H, W]``. Red strokes on
-    black are grey 76 and count as known; anti-aliased edges of white strokes are few beside the hole.
-    """
-    faint = int(((raw > 32) & (raw <= 127)).sum())
-    if faint > int(hole.sum()):
-        print(f"csa: warning: mask {path}: {faint} pixels are drawn at a grey value <= 127 (coloured strokes?) "
-              "and count as known; only pixels > 127 are holes, so draw holes in white", file=sys.stderr)
-
-
-def read_image(path):
-    """``[3, H, W]`` in [-1, 1] from an image file, EXIF orientation applied (as a photo viewer shows it)."""
-    from .data import load_image, to_tensor
-
-    _need_file(path, "image")
-    return to_tensor(load_image(path))  # load_image applies the EXIF orientation
-
-
-def read_image_and_mask(image_path, mask_path):
-    """``(image [3,H,W] in [-1,1], mask [1,H,W] in {0,1})`` from files.
-
-    The mask is thresholded (see :data:`MASK_RULE`: > 127 after greyscale = hole) and must have the
-    image's size, or the same aspect ratio (then it is resized, nearest).
-    """
-    image = read_image(image_path)
-    return image, _read_mask(mask_path, tuple(image.shape[-2:]))
-
-
-def crop_box(height: int, width: int, preprocessing: dict) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)``: the part of an image the network sees, by the model's pre-processing
-    (``data.prepare_image``): the whole image for ``resize="square"``, the square of the short side for
-    ``"center_crop"`` (centred horizontally, at ``crop_top`` of the spare rows vertically)."""
-    if preprocessing.get("resize", "square") == "square":
-        return 0, 0, height, width
-    s = min(height, width)
-    crop_top = preprocessing.get("crop_top")
-    return round((0.5 if crop_top is None else crop_top) * (height - s)), (width - s) // 2, s, s
-
-
-def generate_mask(kind: str, height: int, width: int, preprocessing: dict, seed: int = 0):
-    """A generated hole ``[1, H, W]`` inside the part the network sees (:func:`crop_box`): ``"center"``
-    (the official centre square, 120/256 of the side) or ``"irregular"`` (free-form strokes, hole ratio
-    10-60%, a pure function of ``seed``)."""
-    import torch
-
-    from .masks import center_mask, irregular_mask
-
-    top, left, h, w = crop_box(height, width, preprocessing)
-    if kind == "center":
-        inner = center_mask((h, w))
-    elif kind == "irregular":
-        inner = irregular_mask((h, w), generator=seed)
-    else:
-        raise CLIError(f"--mask {kind!r}: expected a mask file, 'center' or 'irregular'")
-    mask = torch.zeros(1, height, width)
-    mask[:, top:top + h, left:left + w] = inner
-    return mask
-
-
-def inpaint(generator, image, mask, preprocessing):
-    """Fill the hole of one image of any size with a generator trained at a fixed size.
-
-    The part of the image the model was trained on (:func:`crop_box`: the whole image stretched to a
-    square, or the face model's square centre crop) is resized to the training size, the refined output
-    is resized back and pasted at the input's size, and only hole pixels are taken from it: known pixels
-    stay bit-exact. A network pixel counts as hole if any input pixel under it does (area > 0), so thin
-    strokes are not lost by the downscale.
-
-    Args: image ``[3,H,W]`` in [-1,1], mask ``[1,H,W]`` (1 = hole); ``preprocessing``: a dict
-    ``{image_size, resize, crop_top}`` (a model card's, or :func:`checkpoint_preprocessing`) or an int
-    (the training size, whole image stretched). Returns ``[3,H,W]`` in [-1,1].
-    """
-    import torch
-    import torch.nn.functional as F
-
-    pre = {"image_size": preprocessing} if isinstance(preprocessing, int) else preprocessing
-    S = int(pre["image_size"])
-    H, W = image.shape[-2:]
-    top, left, h, w = crop_box(H, W, pre)
-    img, hole = image[:, top:top + h, left:left + w], mask[:, top:top + h, left:left + w]
-    if float(hole.sum()) < float(mask.sum()):
-        raise CLIError(f"the hole reaches outside the {w}x{h} square (left {left}, top {top}) that this "
-                       "model sees; crop the photo around the face first, or move the hole")
-    x = F.interpolate(img[None], size=(S, S), mode="bilinear", antialias=True, align_corners=False)
-    m = (F.interpolate(hole[None], size=(S, S), mode="area") > 0).float()
-    device = next(generator.parameters()).device
-    with torch.no_grad():
-        out = generator(x.to(device).clamp(-1, 1), m.to(device)).refined.float().cpu()
-    if not torch.isfinite(out).all():
-        raise CLIError("the model's output is not finite (NaN or Inf): its weights or this image break it; "
-                       "nothing was written")
-    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(-1, 1)
-    result = image.clone()
-    result[:, top:top + h, left:left + w] = img * (1 - hole) + out * hole  # known pixels: the input's
-    return result
+#: What the shipped face model is, in one sentence (``csa inpaint --help``; the README's quick start says
+#: the same).
+SHIPPED_MODEL_LIMITS = ("The shipped model (celeba64) is a 64-px face model: it sees the photo's square "
+                        "centre crop at 64x64 px, computes the fill there and upscales it to the photo, knows "
+                        "only faces framed like CelebA crops (other photos get face-like smears), and, like "
+                        "CelebA, is for non-commercial research and education only.")
 
 
 def image_format(path) -> str:
@@ -429,7 +314,8 @@ def image_format(path) -> str:
 
 
 def save_image(x, path) -> Path:
-    """Save ``[3,H,W]`` in [-1,1] as an 8-bit PNG (or any format PIL knows from the suffix), atomically.
+    """Save a PIL image, or ``[3,H,W]`` in [-1,1], as an 8-bit PNG (or any format PIL knows from the
+    suffix), atomically.
 
     The image goes to a temporary file in the same folder (``.NAME.PID-RANDOM.tmp``), is fsynced and
     renamed over ``path``: a full disk, a file-size limit or a kill leaves the old ``path`` (a photo, an
@@ -441,11 +327,14 @@ def save_image(x, path) -> Path:
     path = Path(path)
     fmt = image_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    if not isinstance(x, Image.Image):
+        from .inference import to_pil
+
+        x = to_pil(x)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:  # new file, permissions from the umask like any output
-            Image.fromarray(arr).save(f, format=fmt)
+            x.save(f, format=fmt)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -459,41 +348,23 @@ def save_image(x, path) -> Path:
     return path
 
 
-def checkpoint_preprocessing(preset) -> dict:
-    """The pre-processing a checkpoint's generator was trained with (as in a model card)."""
-    return {"image_size": preset.data.image_size, "resize": preset.data.resize, "crop_top": preset.data.crop_top}
+def load_inpaint_model(args):
+    """The model of ``csa inpaint``: ``--checkpoint`` when given, else the shipped ``--model``
+    (``csa_lib.inference.load_model``); a missing shipped model names ``--checkpoint`` as the way out."""
+    from .inference import load_model
+    from .pretrained import list_pretrained
 
-
-def load_inpainter(checkpoint=None, model: str = "celeba64", device: str = "cpu"):
-    """``(generator in eval mode, preprocessing dict, description)``: a training checkpoint (file or run
-    folder) when given, else the shipped model ``model`` from ``weights/`` (:mod:`csa_lib.pretrained`)."""
-    if checkpoint is not None:
-        from .train import load_checkpoint, load_generator
-
-        _need_file(checkpoint, "checkpoint")
-        generator, preset = load_generator(checkpoint, device=device)
-        _check_finite_weights(generator, f"checkpoint {checkpoint}")
-        step = int(load_checkpoint(checkpoint)["step"])
-        return generator, checkpoint_preprocessing(preset), f"checkpoint {checkpoint} ({preset.name}, step {step})"
-    from .pretrained import PretrainedError, load_pretrained
-
+    device = _device(args.device)
+    if args.checkpoint is not None:
+        return load_model(Path(args.checkpoint), device)
+    if args.model not in list_pretrained():
+        raise CLIError(f"--model {args.model!r}: no such shipped model; available: {', '.join(list_pretrained())} "
+                       "(a checkpoint is --checkpoint PATH)")
     try:
-        generator = load_pretrained(model, device=device)
-    except PretrainedError as e:
-        raise CLIError(f"{e}; pass --checkpoint RUN/checkpoints/last.pt to use a model you trained") from None
-    _check_finite_weights(generator, f"shipped model {model}")
-    return generator, generator.card["preprocessing"], f"shipped model {model} ({generator.card.get('file')})"
-
-
-def _check_finite_weights(generator, what: str) -> None:
-    """``CLIError`` naming the first parameter or buffer of ``generator`` that holds a NaN or Inf (such a
-    model turns whole images, known pixels included, into NaN: black)."""
-    import torch
-
-    for name, t in [*generator.named_parameters(), *generator.named_buffers()]:
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CLIError(f"{what} holds non-finite weights (NaN or Inf in {name}); it cannot inpaint; "
-                           "use an earlier checkpoint (e.g. checkpoints/prev.pt)")
+        return load_model(args.model, device)
+    except FileNotFoundError as e:
+        raise CLIError(f"{error_line(e)}; pass --checkpoint RUN/checkpoints/last.pt to use a model you "
+                       "trained") from None
 
 
 #: Folder mode's mask names, stated in ``csa inpaint --help``.
@@ -610,18 +481,45 @@ def folder_jobs(args, folder: Path, out: Path) -> tuple[list[tuple[Path, Path | 
     return [(p, m, o) for (p, m, _), o in zip(pairs, outs)], notes
 
 
-def _refuse_input_as_output(out: Path, inputs: list[tuple[Path, str]], overwrite: bool) -> None:
-    """``CLIError`` when ``-o`` is one of the input files (the photo, its mask, the checkpoint), unless
-    ``--overwrite`` (then the file is replaced atomically, by :func:`save_image`)."""
+def _refuse_input_as_output(out: Path, inputs: list[tuple[Path, str]], overwrite: bool, flag: str = "-o") -> None:
+    """``CLIError`` when ``-o`` (or ``--save-mask``) is one of the input files (the photo, its mask, the
+    checkpoint), unless ``--overwrite`` (then the file is replaced atomically, by :func:`save_image`)."""
     for path, what in inputs:
         if _same_path(out, path) and not overwrite:
-            raise CLIError(f"-o {out} is the {what} {path}: writing there would replace it; choose another "
-                           "-o, or pass --overwrite to replace it")
+            raise CLIError(f"{flag} {out} is the {what} {path}: writing there would replace it; choose another "
+                           f"{flag}, or pass --overwrite to replace it")
 
 
-def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path]]:
-    """``[(image, mask file or None (generated), output)]`` from the command line, every file checked
-    before any work starts. Folder mode's notes about skipped files go to ``args.notes``."""
+def _mask_outputs(args, jobs: list, folder_mode: bool, inputs: list[tuple[Path, str]]) -> list:
+    """Jobs with a fourth entry: where ``--save-mask`` writes the hole (white = hole) as the model used it,
+    or None. One image: the file ``--save-mask PATH``; folder mode: ``PATH/<output name>_mask.png``."""
+    if not getattr(args, "save_mask", None):
+        return [(*job, None) for job in jobs]
+    target = Path(args.save_mask)
+    if not folder_mode:
+        if target.is_dir():
+            raise CLIError(f"--save-mask {target} is a folder; give a file such as {target / 'mask.png'}")
+        image_format(target)
+        if _same_path(target, jobs[0][2]) or target.resolve() == jobs[0][2].resolve():
+            raise CLIError(f"--save-mask {target} is also the output -o; give the mask its own file")
+        _refuse_input_as_output(target, inputs, getattr(args, "overwrite", False), flag="--save-mask")
+        return [(*jobs[0], target)]
+    if target.is_file() or target.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        raise CLIError(f"--save-mask {target}: in folder mode the masks go to a folder")
+    for folder, what in inputs:
+        if _same_path(target, folder):
+            raise CLIError(f"--save-mask {target} is {what}: the masks would mix with your files; "
+                           "choose another folder (the output folder is fine)")
+    out = [(*job, target / f"{job[2].stem}_mask.png") for job in jobs]
+    written = [p for job in out for p in job[2:]]
+    if len({str(p.resolve()).casefold() for p in written}) < len(written):
+        raise CLIError(f"--save-mask {target}: a mask name would be the name of an output; choose another folder")
+    return out
+
+
+def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path, Path | None]]:
+    """``[(image, mask file or None (generated), output, mask output or None)]`` from the command line,
+    every file checked before any work starts. Folder mode's notes about skipped files go to ``args.notes``."""
     paths = [Path(p) for p in args.paths]
     out = Path(args.output)
     args.notes = []
@@ -631,7 +529,8 @@ def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path]]:
         if len(paths) > 1:
             raise CLIError(f"folder mode takes one folder ({paths[0]}); give mask files with --masks DIR")
         jobs, args.notes = folder_jobs(args, paths[0], out)
-        return jobs
+        mask_dir = Path(args.masks) if args.masks is not None else paths[0]
+        return _mask_outputs(args, jobs, True, [(paths[0], "the image folder"), (mask_dir, "the mask folder")])
     _need_file(paths[0], "image")
     if args.masks is not None:
         raise CLIError("--masks DIR is for folder mode; give one image's mask as the second argument")
@@ -648,7 +547,7 @@ def inpaint_jobs(args) -> list[tuple[Path, Path | None, Path]]:
     if getattr(args, "checkpoint", None):
         inputs.append((Path(args.checkpoint), "checkpoint"))
     _refuse_input_as_output(out, inputs, getattr(args, "overwrite", False))
-    return [(paths[0], paths[1] if len(paths) == 2 else None, out)]
+    return _mask_outputs(args, [(paths[0], paths[1] if len(paths) == 2 else None, out)], False, inputs)
 
 
 def _legacy_checkpoint(args) -> None:
@@ -659,17 +558,15 @@ def _legacy_checkpoint(args) -> None:
         args.checkpoint, args.paths = args.paths[0], args.paths[1:]
 
 
-#: The smallest image side ``csa inpaint`` takes (a hole needs pixels around it to be filled from).
-MIN_SIDE = 8
-
-
 def _read_checked_image(path):
-    """:func:`read_image`, refusing an image with a side under :data:`MIN_SIDE` pixels."""
+    """``csa_lib.inference.read_image`` (an RGB PIL image, EXIF applied), refusing an image with a side
+    under ``inference.MIN_SIDE`` pixels in one line naming the file."""
+    from .inference import MIN_SIDE, read_image
+
     image = read_image(path)
-    H, W = image.shape[-2:]
-    if min(H, W) < MIN_SIDE:
-        raise CLIError(f"image {path} is {W}x{H} px: too small to inpaint (each side needs at least "
-                       f"{MIN_SIDE} px)")
+    if min(image.size) < MIN_SIDE:
+        raise CLIError(f"image {path} is {image.width}x{image.height} px: too small to inpaint (each side needs "
+                       f"at least {MIN_SIDE} px)")
     return image
 
 
@@ -691,30 +588,27 @@ def _image_size_text(path) -> str:
         return "size unknown"
 
 
-def _inpaint_one(args, generator, pre, n, job, first):
-    """``(result [3,H,W] in [-1,1], mask [1,H,W])`` of job ``n`` = ``(image, mask file or None, output)``;
-    ``first`` holds the already read first image and mask."""
-    image_path, mask_path, _ = job
-    image = first[0] if n == 0 else _read_checked_image(image_path)
-    H, W = image.shape[-2:]
-    if n == 0 and first[1] is not None:
-        mask = first[1]
-    elif mask_path is None:
-        mask = generate_mask(args.mask, H, W, pre, seed=args.seed + n)
-    else:
-        mask = _read_mask(mask_path, (H, W))
-    if mask.all():
-        print(f"csa: warning: the mask of {image_path} covers the whole image: nothing is known to fill "
-              "it from, so the output is the model's guess", file=sys.stderr)
-    if not mask.any():
-        print(f"csa: warning: the mask of {image_path} has no hole (no pixel > 127): the output is the "
-              "input unchanged", file=sys.stderr)
-        return image, mask
-    return inpaint(generator, image, mask, pre), mask
+def _inpaint_one(args, model, n, job, first):
+    """``(result PIL image, mask [1,H,W])`` of job ``n`` = ``(image, mask file or None, output, mask
+    output or None)``; ``first`` holds the already read first image and mask."""
+    from . import inference
+
+    image_path, mask_path = job[0], job[1]
+    with _one_line_warnings(about=image_path):  # the library's one-sentence warnings, naming the image
+        image = first[0] if n == 0 else _read_checked_image(image_path)
+        if n == 0 and first[1] is not None:
+            mask = first[1]
+        elif mask_path is None:
+            mask = inference.generate_mask(args.mask, image.height, image.width, model, seed=args.seed + n)
+        else:
+            mask = inference.read_mask(mask_path, (image.height, image.width))
+        return inference.inpaint(model, image, mask), mask
 
 
 def cmd_inpaint(args) -> int:
     from tqdm.auto import tqdm
+
+    from .inference import mask_to_pil, read_mask
 
     _legacy_checkpoint(args)
     jobs = inpaint_jobs(args)
@@ -722,20 +616,25 @@ def cmd_inpaint(args) -> int:
         print(f"csa: note: {note}", file=sys.stderr)
     # The first image and its mask file are read before the model: a bad input fails at once.
     first = _guard_memory(jobs[0][0], lambda: _read_checked_image(jobs[0][0]))
-    first_mask = None if jobs[0][1] is None else _read_mask(jobs[0][1], tuple(first.shape[-2:]))
+    with _one_line_warnings(about=jobs[0][0]):
+        first_mask = None if jobs[0][1] is None else read_mask(jobs[0][1], (first.height, first.width))
     _setup_threads(args)
-    generator, pre, what = load_inpainter(args.checkpoint, args.model, _device(args.device))
+    model = load_inpaint_model(args)
     if not args.quiet:
-        print(f"model: {what}; the network sees {pre['image_size']} px ({pre.get('resize', 'square')})")
+        pre = model.preprocessing
+        print(f"model: {model.description}; the network sees {pre['image_size']} px ({pre.get('resize', 'square')})")
     bar = tqdm(jobs, desc="inpaint", unit="image", disable=args.quiet or len(jobs) == 1, ascii=True)
     for n, job in enumerate(bar):
-        result, mask = _guard_memory(job[0], lambda: _inpaint_one(args, generator, pre, n, job,
-                                                                   (first, first_mask)))
+        result, mask = _guard_memory(job[0], lambda: _inpaint_one(args, model, n, job, (first, first_mask)))
         save_image(result, job[2])
+        if job[3] is not None:
+            save_image(mask_to_pil(mask), job[3])
         if len(jobs) == 1:
-            print(f"wrote {job[2]} ({float(mask.mean()):.0%} of the pixels filled)")
+            print(f"wrote {job[2]} ({float(mask.mean()):.0%} of the pixels filled)"
+                  + (f"; the mask (white = hole): {job[3]}" if job[3] is not None else ""))
     if len(jobs) > 1:
-        print(f"wrote {len(jobs)} images to {Path(args.output)}")
+        print(f"wrote {len(jobs)} images to {Path(args.output)}"
+              + (f", their masks to {Path(args.save_mask)}" if getattr(args, "save_mask", None) else ""))
     return 0
 
 
@@ -815,8 +714,47 @@ def cmd_weights(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # csa demo
 # --------------------------------------------------------------------------------------------------
+#: Expected conditions of ``csa demo``: the start of a Python warning's message -> the one plain sentence
+#: printed instead (``make demo`` prints no ``file.py:N: UserWarning`` lines).
+DEMO_NOTES = {
+    "no VGG16 weights found": (
+        "note: there are no VGG16 weights on this machine, so the demo trains with random VGG16 features: "
+        "its consistency loss and feature discriminator learn nothing useful, and the figures show the "
+        "mechanics rather than a good model; `csa weights` (once, online, 528 MB) fetches the weights "
+        "for the next run."),
+}
+
+
+@contextmanager
+def _plain_warnings(notes: dict[str, str]):
+    """Python warnings inside the block printed as they happen, one line each and each once: for an
+    expected condition (a message starting with a key of ``notes``) its plain sentence on stdout, else
+    ``csa: warning: ...`` on stderr; never Python's ``file:line: UserWarning`` and source line."""
+    said = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        note = next((v for k, v in notes.items() if text.startswith(k)), None)
+        if (note or text) not in said:
+            said.add(note or text)
+            if note:
+                print(note, flush=True)
+            else:
+                print(f"csa: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
+
+
 def cmd_demo(args) -> int:
     """Train the demo preset on the embedded photos (or reuse a finished run), then write figures."""
+    with _plain_warnings(DEMO_NOTES):
+        return _demo(args)
+
+
+def _demo(args) -> int:
     from .train import Trainer, has_checkpoint, load_checkpoint
 
     _setup_threads(args)
@@ -878,49 +816,57 @@ def _clear_for_retrain(out: Path):
 
 
 def shipped_model_demo(out_dir, n_masks: int = 4) -> dict[str, Path]:
-    """The shipped CelebA-64 model on the astronaut's face (embedded in scikit-image, no download).
+    """The shipped CelebA-64 model (through ``csa_lib.inference``) on the astronaut's face (embedded in
+    scikit-image, no download), and on one photo that is not a face.
 
-    Four holes (the centre, then free-form masks of growing size) filled by biharmonic inpainting, by the
-    model's coarse stage and by the full model; the figure goes to ``out_dir/shipped_model_face.png`` and
-    the composited PSNR of each is printed. Returns ``{}`` when the weights are not in this checkout.
+    Four holes in the face (the centre, then free-form masks of growing size), then the centre hole in
+    the coffee cup: a failure case shown on purpose, since the model knows only faces. Each is filled by
+    biharmonic inpainting, by the model's coarse stage and by the full model; the figure goes to
+    ``out_dir/shipped_model_face.png`` and the composited PSNR of each is printed. Returns ``{}`` when
+    the weights are not in this checkout.
     """
     import torch
 
     from .baselines import biharmonic_inpaint
-    from .data import astronaut_face
+    from .data import EMBEDDED_PHOTOS, astronaut_face, embedded_photos, prepare_image, to_tensor
+    from .inference import inpaint, load_model
     from .masks import center_mask, irregular_mask
     from .metrics import psnr
-    from .pretrained import list_pretrained, load_pretrained
+    from .pretrained import list_pretrained
     from .viz import inpainting_grid
 
     if "celeba64" not in list_pretrained(available_only=True):
         print("no shipped model in weights/ (weights/csa_celeba64.pt): skipping its demo")
         return {}
-    G = load_pretrained("celeba64")
-    size = G.card["model"]["image_size"]
+    model = load_model("celeba64")
+    S, pre = model.image_size, model.preprocessing
     g = torch.Generator().manual_seed(0)
-    masks = [center_mask(size)] + [irregular_mask(size, (lo, lo + 0.1), generator=g)
-                                   for lo in (0.2, 0.3, 0.4)][: n_masks - 1]
-    mask = torch.stack(masks)
-    face = astronaut_face(size)[None].expand(len(masks), -1, -1, -1)
-    with torch.no_grad():
-        out = G(face, mask)
-    columns = {"biharmonic": biharmonic_inpaint(face, mask),
-               "coarse stage": face * (1 - mask) + out.coarse * mask,
-               "CSA (shipped)": out.composite}
+    masks = [center_mask(S)] + [irregular_mask(S, (lo, lo + 0.1), generator=g) for lo in (0.2, 0.3, 0.4)][: n_masks - 1]
+    coffee = prepare_image(embedded_photos()[EMBEDDED_PHOTOS.index("coffee")], S, pre["resize"], pre.get("crop_top"))
+    images = [astronaut_face(S)] * len(masks) + [to_tensor(coffee)]
+    masks.append(center_mask(S))
+    rows = [inpaint(model, x, m, return_details=True) for x, m in zip(images, masks)]
+    image, mask = torch.stack(images), torch.stack(masks)
+    coarse = torch.stack([details.coarse for _, details in rows])
+    columns = {"biharmonic": biharmonic_inpaint(image, mask),
+               "coarse stage": image * (1 - mask) + coarse * mask,
+               "CSA (shipped)": torch.stack([to_tensor(filled) for filled, _ in rows])}
     for name, x in columns.items():
-        print(f"  shipped-model demo, {name:<14} PSNR per hole: "
-              + " ".join(f"{v:5.2f}" for v in psnr(x, face, reduction="none").tolist()) + " dB")
-    fig = inpainting_grid(columns, face, mask, n=len(masks))
-    fig.suptitle(f"shipped model ({G.card.get('trained_steps', '?')} steps on CelebA faces) on a face it "
-                 "never saw", fontsize=9)
+        values = psnr(x, image, reduction="none").tolist()
+        print(f"  shipped-model demo, {name:<14} PSNR per hole: " + " ".join(f"{v:5.2f}" for v in values[:-1])
+              + f" dB on the face; {values[-1]:5.2f} dB on the coffee cup (not a face)")
+    labels = ["face: centre hole"] + [f"face: {lo}-{lo + 10} % hole" for lo in (20, 30, 40)][: n_masks - 1]
+    labels.append("not a face (fails:\nit paints a face)")
+    fig = inpainting_grid(columns, image, mask, n=len(rows), row_labels=labels,
+                          title=f"shipped model ({model.card.get('trained_steps', '?')} steps on 64-px CelebA "
+                                "faces): a face it never saw, and a photo that is not a face")
     return {"shipped": _savefig(fig, Path(out_dir) / "shipped_model_face.png")}
 
 
 def _fit(trainer) -> dict[str, Any]:
     result = trainer.fit()
     trainer.close()
-    print(_train_summary(trainer, result))
+    print(_train_summary(trainer, result, vgg_note=False))  # the demo said it once, in plain words
     return result
 
 
@@ -958,7 +904,7 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
         i = int(torch.argmax(att.count))  # the image with the most hole positions shows the most
         fig = viz.plot_attention(image[i], mask[i], att, i=i)
         fig.suptitle("CSA attention: offsets to the chosen source, one attention row, chain balance",
-                     fontsize=10)
+                     fontsize=10, y=1.0, va="bottom")  # above the panel titles, not on them
         paths["attention"] = _savefig(fig, run_dir / "attention.png")
 
     train_set = build_dataset(preset.data, "train")
@@ -977,7 +923,7 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
     paths["data"] = _savefig(fig, run_dir / "data_samples.png")
 
     log = read_log(run_dir / "log.jsonl")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3))
     steps = [r["step"] for r in log]
     for key in sorted(k for k in log[-1] if k.startswith("G/") and k != "G/total"):
         axes[0].plot(steps, [r.get(key, float("nan")) for r in log], label=key[2:])
@@ -988,7 +934,7 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
     axes[1].set_title("discriminator loss terms")
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the curves, not on them
     fig.tight_layout()
     paths["losses"] = _savefig(fig, run_dir / "losses.png")
 
@@ -1137,17 +1083,21 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser(
         "inpaint", help="fill the holes of your own photos (the shipped face model, or a checkpoint)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fill holes in images of any size. Without --checkpoint, the shipped model\n"
-                    "(weights/, see csa_lib.pretrained) is used. The network sees only the part it was\n"
-                    "trained on (the face model: the square centre crop, resized to 64 px); its output is\n"
-                    "resized back and pasted at the input's size, and only hole pixels change: known\n"
-                    "pixels are written unchanged. EXIF orientation is applied to images and masks.",
+        description=textwrap.fill(
+            "Fill holes in images of any size (csa_lib.inference does the work). Without --checkpoint, "
+            "the shipped model is used. The network sees only the part it was trained on (the face "
+            "model: the square centre crop, resized to 64 px); its output is resized back and pasted at "
+            "the input's size, and only hole pixels change: known pixels are written unchanged. EXIF "
+            "orientation is applied to images and masks.", 88) + "\n\n" + textwrap.fill(SHIPPED_MODEL_LIMITS, 88)
+            + "\n\n" + textwrap.fill("A fill upscaled more than 4x (for the face model: a crop over 256 px) "
+                                     "is warned about: downscale the photo or crop it closer around the "
+                                     "face.", 88),
         epilog=textwrap.fill("Masks: " + MASK_RULE + ".", 88) + "\n\n" + textwrap.fill(FOLDER_RULE, 88)
                + "\n\n" + textwrap.fill("Outputs are written to a temporary file beside them and renamed: "
                                         "an existing file is replaced whole or not at all.", 88)
                + "\n\nExamples:\n"
                "  csa inpaint photo.jpg mask.png -o filled.png\n"
-               "  csa inpaint photo.jpg --mask irregular --seed 3 -o filled.png\n"
+               "  csa inpaint photo.jpg --mask irregular --seed 3 -o filled.png --save-mask hole.png\n"
                "  csa inpaint photos/ -o filled/          # photos/x.png with photos/x_mask.png beside it\n"
                "  csa inpaint photos/ --masks masks/ -o filled/\n"
                "  csa inpaint photo.png mask.png --checkpoint runs/demo/checkpoints/last.pt -o out.png")
@@ -1157,6 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mask", choices=("center", "irregular"),
                    help="generate the hole instead of reading it: the centre square, or free-form strokes")
     i.add_argument("--seed", type=int, default=0, help="seed of --mask irregular (folder mode: seed + index)")
+    i.add_argument("--save-mask", metavar="PATH",
+                   help="also write the hole the model filled (white = hole), e.g. of --mask: a file, or in "
+                        "folder mode a folder (<output name>_mask.png; the output folder is fine)")
     i.add_argument("--masks", metavar="DIR",
                    help="folder mode: masks in their own folder (<stem>_mask.png, <stem>_maskN.png or <stem>.png)")
     i.add_argument("--overwrite", action="store_true",

@@ -3,14 +3,14 @@
 :class:`PhotoInpainter` holds one photo at the network's resolution, a hole mask that strokes paint, and
 the last result (fill, composite and the CSA layer's attention record). Every step is a plain method:
 
-    >>> app = PhotoInpainter(generator, {"image_size": 64, "resize": "center_crop", "crop_top": 0.75})
+    >>> app = PhotoInpainter(load_model("celeba64"))           # csa_lib.inference; or (generator, preprocessing)
     >>> app.add_photo("me", Image.open("me.jpg"))              # doctest: +SKIP
     >>> app.draw_stroke([(20, 10), (24, 50)], radius=3)        # (y, x) in network pixels
     >>> app.run()                                              # fill, composite, attention
     >>> app.pick(22, 30)                                       # where did this hole position look?
 
-:meth:`PhotoInpainter.widget` puts the same steps behind the mouse (JupyterLab with ipycanvas and
-ipywidgets, the ``lab`` extra): draw on the left canvas (the hole is filled when the button is released),
+:meth:`PhotoInpainter.widget` puts the same steps behind the mouse (JupyterLab or Colab with ipycanvas
+and ipywidgets, the ``widgets`` extra): draw on the left canvas (the hole is filled when the button is released),
 click a hole position on the composite to see its source (offset arrow) and its attention row (heat map).
 :meth:`PhotoInpainter.figure` draws the current state as a static matplotlib figure, which is what a
 notebook shows where no widget front end runs (nbval, nbconvert). Images are ``[3, S, S]`` in [-1, 1],
@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 
 from . import viz
 from .data import prepare_image, to_tensor
+from .inference import InpaintModel
 
 
 def _rgb(image: torch.Tensor, scale: int) -> np.ndarray:
@@ -52,17 +53,24 @@ class PhotoInpainter:
     """One photo, a hole drawn by strokes, the model's fill and its attention (see the module docstring).
 
     Args:
-        generator: a :class:`~csa_lib.networks.CSAInpainter` in eval mode.
-        preprocessing: ``{image_size, resize, crop_top}`` (a model card's ``preprocessing``, or
-            :func:`csa_lib.cli.checkpoint_preprocessing`), or the training size as an int.
+        generator: an :class:`~csa_lib.inference.InpaintModel` (``load_model``: it brings its
+            pre-processing), or a :class:`~csa_lib.networks.CSAInpainter` in eval mode.
+        preprocessing: with a bare generator: ``{image_size, resize, crop_top}`` (a model card's
+            ``preprocessing``, or :func:`csa_lib.inference.checkpoint_preprocessing`), or the training
+            size as an int.
         photos: ``{name: PIL image}`` to start with (e.g. the embedded samples).
         scale: display pixels per network pixel (default: about 192 px wide canvases).
         brush: brush radius in network pixels (default 4: a stroke as wide as one cell of the CSA
             layer's 1/8 grid, so every stroke makes hole positions there).
     """
 
-    def __init__(self, generator, preprocessing: dict | int, photos: dict | None = None,
+    def __init__(self, generator, preprocessing: dict | int | None = None, photos: dict | None = None,
                  scale: int | None = None, brush: float = 4.0):
+        if isinstance(generator, InpaintModel):
+            generator, preprocessing = generator.generator, preprocessing or generator.preprocessing
+        if preprocessing is None:
+            raise ValueError("PhotoInpainter needs the generator's preprocessing (a model card's, or its "
+                             "training size); an InpaintModel from csa_lib.inference.load_model brings it")
         self.G = generator
         self.pre = {"image_size": preprocessing} if isinstance(preprocessing, int) else dict(preprocessing)
         self.S = int(self.pre["image_size"])
@@ -211,8 +219,15 @@ class PhotoInpainter:
     # widget
     # ----------------------------------------------------------------------------------------------
     def widget(self):
-        """The interactive version (ipycanvas + ipywidgets); see :class:`PhotoWidget`."""
+        """The interactive version (ipycanvas + ipywidgets); see :class:`PhotoWidget`. Without them a
+        ``ModuleNotFoundError`` whose message is one sentence saying how to get them."""
         return PhotoWidget(self).box
+
+
+#: What a notebook prints where the drawing widget cannot run (``PhotoInpainter.widget``).
+NO_WIDGET = ("The drawing widget needs ipycanvas and ipywidgets, which are not installed here: "
+             "pip install -e \".[widgets]\" (or make lab, for JupyterLab with them), then run this cell "
+             "in JupyterLab or Colab; the static example below shows the same steps.")
 
 
 class PhotoWidget:
@@ -227,8 +242,11 @@ class PhotoWidget:
     """
 
     def __init__(self, app: PhotoInpainter):
-        import ipywidgets as widgets
-        from ipycanvas import Canvas
+        try:
+            import ipywidgets as widgets
+            from ipycanvas import Canvas
+        except ImportError:
+            raise ModuleNotFoundError(NO_WIDGET) from None
 
         self.app = app
         size = app.S * app.scale

@@ -574,7 +574,8 @@ _GRID_KEYS = ("coarse", "refined", "composite")
 
 
 def inpainting_grid(images: Any, image: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                    n: int = 4, columns: Sequence[str] | None = None) -> Figure:
+                    n: int = 4, columns: Sequence[str] | None = None, row_labels: Sequence[str] | None = None,
+                    title: str | None = None) -> Figure:
     """A grid: one row per sample, columns input (masked) | outputs ... | ground truth.
 
     Args:
@@ -583,6 +584,7 @@ def inpainting_grid(images: Any, image: torch.Tensor | None = None, mask: torch.
         image, mask: the ground truth ``[B, 3, H, W]`` and mask ``[B, 1, H, W]``; when given, a masked
             input column comes first and the ground truth last.
         n: at most this many samples. columns: which keys of ``images`` to show, in order.
+        row_labels: a label left of each row. title: a title above the column titles (never on them).
     """
     if not isinstance(images, dict):
         images = {k: getattr(images, k) for k in _GRID_KEYS if getattr(images, k, None) is not None}
@@ -604,7 +606,13 @@ def inpainting_grid(images: Any, image: torch.Tensor | None = None, mask: torch.
             axes[b, c].imshow(draw(b))
             if b == 0:
                 axes[b, c].set_title(name, fontsize=9)
+        if row_labels is not None and b < len(row_labels):
+            axes[b, 0].set_ylabel(row_labels[b], fontsize=9)
     fig.tight_layout()
+    if title:
+        # Anchored by its bottom at the figure's top edge: it cannot overlap the column titles, which
+        # tight_layout placed inside the figure (a saved figure with bbox_inches="tight" grows to fit it).
+        fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
     return fig
 
 

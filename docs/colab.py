@@ -6,8 +6,10 @@ repository itself. Once it is known, one command writes everything (``make colab
 
 - in each notebook's title cell, a badge line below the ``# Title`` heading;
 - at the top of each notebook's first code cell, a block that runs only inside Colab: it clones the
-  repository (the notebooks read ``data/`` and ``weights/`` from it), changes into it and installs
-  ``csa_lib`` with pip, keeping Colab's torch (``requirements.txt`` asks for ranges);
+  repository (the notebooks read ``data/`` and ``weights/`` from it), changes into it, installs
+  ``csa_lib`` with the ``widgets`` extra (ipympl and ipycanvas for notebooks 08 and 09) with pip,
+  keeping Colab's torch (``requirements.txt`` asks for ranges), and turns on Colab's manager for
+  third-party widgets;
 - in the README's notebook table, a badge per notebook, between ``<!-- colab -->`` markers.
 
 Every insertion is marked, so running it again replaces the old badges (a new address or branch) and
@@ -83,7 +85,8 @@ def badge(repo: str, notebook: str, branch: str = "main") -> str:
 
 
 def setup_block(repo: str, branch: str = "main") -> str:
-    """Python that, inside Colab only, clones ``repo`` at ``branch``, changes into it and installs csa_lib.
+    """Python that, inside Colab only, clones ``repo`` at ``branch``, changes into it, installs csa_lib with
+    the notebooks' widgets and enables Colab's custom widget manager.
 
     The branch and the address are written as Python string literals (:func:`py_str`), so no branch name
     can end the string and run code."""
@@ -96,7 +99,10 @@ def setup_block(repo: str, branch: str = "main") -> str:
             + f'                 {url}, "csa-inpainting"], check=True)\n'
             + '    _os.chdir("csa-inpainting")  # the notebooks read data/ and weights/ from the repository\n'
             + '    _sys.path.insert(0, _os.getcwd())\n'
-            + '    _sp.run([_sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)  # keeps Colab\'s torch\n'
+            + '    # csa_lib and the widgets of notebooks 08 and 09 (ipympl, ipycanvas); keeps Colab\'s torch\n'
+            + '    _sp.run([_sys.executable, "-m", "pip", "install", "-q", "-e", ".[widgets]"], check=True)\n'
+            + '    from google.colab import output as _output\n'
+            + '    _output.enable_custom_widget_manager()  # Colab shows third-party widgets only with this\n'
             + CODE_END)
 
 

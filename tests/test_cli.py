@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from csa_lib.cli import main, parse_value, read_image_and_mask
+from csa_lib.cli import main, parse_value
+from csa_lib.inference import read_image_and_mask
 from csa_lib.config import REPO_ROOT
 
 
@@ -117,5 +118,5 @@ def test_read_image_and_mask_accepts_0_1_masks(tmp_path, image_and_mask):
     m = np.zeros((30, 40), np.uint8)
     m[:5] = 1
     img, mask = read_image_and_mask(image, write_png(tmp_path / "m01.png", m))
-    assert img.shape == (3, 30, 40) and mask.shape == (1, 30, 40)
-    assert img.min() >= -1 and img.max() <= 1 and mask.sum() == 5 * 40
+    assert img.size == (40, 30) and img.mode == "RGB" and mask.shape == (1, 30, 40)
+    assert mask.sum() == 5 * 40

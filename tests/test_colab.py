@@ -73,7 +73,9 @@ def test_setup_block_does_nothing_outside_colab(tmp_path, monkeypatch):
 
 def test_setup_block_inside_colab_clones_changes_into_the_repository_and_installs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    colab_module, enabled = types.ModuleType("google.colab"), []
+    colab_module.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: enabled.append(True))
+    monkeypatch.setitem(sys.modules, "google.colab", colab_module)
     monkeypatch.setattr(sys, "path", list(sys.path))
     calls = []
 
@@ -86,5 +88,6 @@ def test_setup_block_inside_colab_clones_changes_into_the_repository_and_install
     exec(colab.setup_block("octocat/csa-inpainting", "dev"), {})
     assert calls[0] == ["git", "clone", "--depth", "1", "--branch", "dev",
                         "https://github.com/octocat/csa-inpainting", "csa-inpainting"]
-    assert calls[1][1:] == ["-m", "pip", "install", "-q", "-e", "."]
+    assert calls[1][1:] == ["-m", "pip", "install", "-q", "-e", ".[widgets]"]
     assert Path.cwd() == tmp_path / "csa-inpainting"
+    assert enabled == [True]  # Colab's manager for third-party widgets (ipympl, ipycanvas)

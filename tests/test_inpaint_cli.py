@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import csa_lib.pretrained as pretrained
-from csa_lib.cli import (CLIError, crop_box, generate_mask, inpaint, main, read_image,
-                         read_image_and_mask)
+from csa_lib.cli import main
+from csa_lib.inference import crop_box, generate_mask, inpaint_tensor, read_image, read_image_and_mask
 from csa_lib.config import REPO_ROOT
 
 
@@ -93,7 +93,7 @@ def test_mask_of_same_aspect_is_resized_other_sizes_fail(tmp_path):
     half[:, 10:] = 255
     _, mask = read_image_and_mask(image, write(tmp_path / "half.png", half))
     assert mask.shape == (1, 30, 40) and mask[0, :, 20:].all() and not mask[0, :, :20].any()
-    with pytest.raises(CLIError, match="size mismatch"):
+    with pytest.raises(ValueError, match="size mismatch"):
         read_image_and_mask(image, write(tmp_path / "sq.png", np.zeros((20, 20), np.uint8)))
 
 
@@ -102,7 +102,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6  # "rotate 90 CW to display": a phone photo taken in portrait
     img.save(tmp_path / "phone.jpg", exif=exif.tobytes())
-    assert read_image(tmp_path / "phone.jpg").shape == (3, 30, 20)  # shown upright: 20 wide, 30 high
+    assert read_image(tmp_path / "phone.jpg").size == (20, 30)  # shown upright: 20 wide, 30 high
 
 
 def test_generated_masks_lie_in_the_crop_the_model_sees():
@@ -121,7 +121,7 @@ def test_generated_masks_lie_in_the_crop_the_model_sees():
 
 
 # --------------------------------------------------------------------------------------------------
-# inpaint(): crop, resize, paste back
+# inference.inpaint_tensor(): crop, resize, paste back
 # --------------------------------------------------------------------------------------------------
 def test_inpaint_centre_crop_pastes_back_and_keeps_known_pixels():
     g = torch.Generator().manual_seed(0)
@@ -130,7 +130,7 @@ def test_inpaint_centre_crop_pastes_back_and_keeps_known_pixels():
     mask[:, 40:41, 30:90] = 1  # a 1-pixel stroke: must survive the downscale to 32 px
     gen = ConstantGenerator()
     pre = {"image_size": 32, "resize": "center_crop", "crop_top": 0.5}
-    out = inpaint(gen, image, mask, pre)
+    out = inpaint_tensor(gen, image, mask, pre)
     x, m = gen.seen[0]
     assert x.shape == (1, 3, 32, 32) and m.shape == (1, 1, 32, 32)
     assert m.sum() > 0  # the thin stroke is still a hole for the network
@@ -144,8 +144,8 @@ def test_inpaint_centre_crop_pastes_back_and_keeps_known_pixels():
     assert torch.allclose(x, crop.clamp(-1, 1))
     outside = torch.zeros(1, 90, 120)
     outside[:, :, :5] = 1
-    with pytest.raises(CLIError, match="outside"):
-        inpaint(gen, image, outside, pre)
+    with pytest.raises(ValueError, match="outside"):
+        inpaint_tensor(gen, image, outside, pre)
 
 
 def test_inpaint_square_policy_and_int_size_stretch_the_whole_image():
@@ -153,7 +153,7 @@ def test_inpaint_square_policy_and_int_size_stretch_the_whole_image():
     mask = torch.zeros(1, 20, 50)
     mask[:, 5:10, 40:48] = 1
     gen = ConstantGenerator()
-    out = inpaint(gen, image, mask, 16)
+    out = inpaint_tensor(gen, image, mask, 16)
     assert gen.seen[0][0].shape == (1, 3, 16, 16)
     assert torch.equal(out[:, mask[0] == 0], image[:, mask[0] == 0])
 

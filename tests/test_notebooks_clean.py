@@ -18,14 +18,19 @@ def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 2
 
 
+#: How to clear them, in every failure message (JupyterLab's autosave stores outputs in the file).
+HOW_TO_CLEAR = ("; clear the outputs with `make clean-notebooks` (or in JupyterLab: Edit > Clear Outputs of "
+                "All Cells, then save)")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stored_without_outputs(path: Path):
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec must be python3"
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            assert cell.get("outputs", []) == [], f"{path.name} cell {i} has stored outputs"
-            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
+            assert cell.get("outputs", []) == [], f"{path.name} cell {i} has stored outputs" + HOW_TO_CLEAR
+            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count" + HOW_TO_CLEAR
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -121,3 +126,29 @@ def test_references_point_to_things_that_exist(path: Path):
     for target in re.findall(r"`?\b((?:docs|benchmarks|data|csa_lib|tests|notebooks)/[\w./-]+\.(?:md|py|ipynb|txt))", md):
         if not target.startswith(_GENERATED):
             assert (REPO_ROOT / target).exists(), f"{path.name}: names a missing file {target}"
+
+
+def test_make_clean_notebooks_strips_outputs_and_nothing_else(tmp_path):
+    """What JupyterLab's autosave adds (outputs, execution counts, run-time cell metadata) is removed, and
+    the notebook is then byte for byte the committed one."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    src = REPO_ROOT / "notebooks" / "09_inpaint_your_own_photo.ipynb"
+    nb = json.loads(src.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell.update(outputs=[{"output_type": "stream", "name": "stdout", "text": ["saved\n"]}], execution_count=7)
+            cell["metadata"]["execution"] = {"iopub.status.busy": "2026-12-04T10:00:00Z"}
+    dirty = tmp_path / src.name
+    dirty.write_text(json.dumps(nb, indent=1) + "\n")
+    # -o: the set-up stamps count as up to date (no pip install inside the test); PY: this interpreter.
+    proc = subprocess.run(["make", "-s", "-o", ".venv/.setup-stamp", "-o", ".setup-stamp-active", "clean-notebooks",
+                           f"NOTEBOOKS={dirty}", f"PY={sys.executable}"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert dirty.read_bytes() == src.read_bytes()

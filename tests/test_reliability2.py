@@ -276,7 +276,9 @@ def test_colab_hostile_branch_is_a_quoted_name_not_code(tree, tmp_path, monkeypa
     work = tmp_path / "colab"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    google_colab = types.ModuleType("google.colab")
+    google_colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: None)
+    monkeypatch.setitem(sys.modules, "google.colab", google_colab)
     monkeypatch.setattr(sys, "path", list(sys.path))
     calls = []
 
@@ -494,13 +496,13 @@ def test_checkpoint_asking_for_a_huge_model_is_one_line(tmp_path, capsys):
 def test_out_of_memory_is_one_line_naming_the_image(tmp_path, capsys, monkeypatch):
     # Before: "RuntimeError: can't allocate memory" as a traceback (a 12000x12000 JPEG under a limit).
     # The allocation failure is simulated: a real one needs minutes and a memory limit torch survives.
-    import csa_lib.cli as cli
+    import csa_lib.inference as inference
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 1728000000 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr(cli, "inpaint", no_memory)
+    monkeypatch.setattr(inference, "inpaint", no_memory)
     src = write(tmp_path / "big.png", photo(48, 64))
     line = error_of(capsys, "inpaint", src, "--mask", "center", "-o", tmp_path / "o.png", "-q", "--threads", "1")
     assert "not enough memory to inpaint" in line and "big.png (64x48 px)" in line
