@@ -159,7 +159,10 @@ def source_statistics(sources: Tensor, hole: Tensor, targets: Tensor | None = No
         ``adjacent`` share at Chebyshev distance 1, ``chance_adjacent`` its chance level;
         with targets: ``true`` (exactly a target), ``true_pm1`` (within 1 cell of one), their chance levels
         and ``dm_true`` (a random known cell at the same distance as the nearest target);
-        with mirror: ``mirror``, ``mirror_pm1``, ``chance_mirror``, ``chance_mirror_pm1``, ``dm_mirror``.
+        with mirror: ``mirror``, ``mirror_pm1``, ``chance_mirror``, ``chance_mirror_pm1``, ``dm_mirror``;
+        for both, ``<name>_far`` (within 1 cell of a target *and* not adjacent to the hole cell) and its
+        chance: on a face the mirror of an inner eye cell may touch the hole, where "mirror" and "adjacent"
+        cannot be told apart.
     Chance levels are averages over the hole cells of "the share of the image's known cells that pass
     the test", i.e. what a layer choosing a uniformly random known cell would score.
     """
@@ -209,6 +212,11 @@ def source_statistics(sources: Tensor, hole: Tensor, targets: Tensor | None = No
                 d_kt = _cheb(known[:, None], t[None, :], w)  # [K_known, n_targets]
                 add(f"chance_{name}", float((d_kt == 0).any(1).float().mean()))
                 add(f"chance_{name}_pm1", float((d_kt <= 1).any(1).float().mean()))
+                # the same test among sources that do not touch the hole cell: near a target *and* not
+                # adjacent (on a face the mirror of an inner eye cell can itself touch the hole)
+                far_k = d_known > 1
+                add(f"{name}_far", float(bool((d_src <= 1).any()) and int(_cheb(torch.tensor(s), torch.tensor(p), w)) > 1))
+                add(f"chance_{name}_far", float(((d_kt <= 1).any(1) & far_k).float().mean()))
                 # distance-matched: a random known cell at the distance of the nearest target
                 r = int(_cheb(t, torch.tensor(p), w).min())
                 same = (d_known == r)

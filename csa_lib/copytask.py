@@ -40,6 +40,9 @@ CELL = 8
 #: Periods (pixels, per axis) and hole sides (cells) of the default task; at 64 px a hole is 2-3 cells a side.
 DEFAULT_PERIODS = (16, 24, 32, 40)
 DEFAULT_HOLE_CELLS = (2, 3)
+#: ``"periodic"``: a periodic texture (every whole-period shift is a copy); ``"twin"``: a random mosaic in which
+#: the hole and a ring around it repeat one other rectangle and its ring (one copy, anywhere).
+KINDS = ("periodic", "twin")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class CopyTask(Dataset):
     """
 
     def __init__(self, n: int, image_size: int = 64, seed: int = 0, block: int = 4,
-                 periods: tuple[int, ...] | None = None, hole_cells: tuple[int, ...] | None = None):
+                 periods: tuple[int, ...] | None = None, hole_cells: tuple[int, ...] | None = None,
+                 kind: str = "periodic", ring: int = CELL):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"CopyTask: n must be a positive integer, got {n!r}")
         if image_size < 32 or image_size & (image_size - 1):
@@ -81,6 +85,11 @@ class CopyTask(Dataset):
                              f"got {periods}")
         if not hole_cells or any(h < 1 or h * CELL > image_size // 2 for h in hole_cells):
             raise ValueError(f"CopyTask: hole_cells must be in [1, {image_size // (2 * CELL)}], got {hole_cells}")
+        if kind not in KINDS:
+            raise ValueError(f"CopyTask: kind must be one of {KINDS}, got {kind!r}")
+        if not 0 < ring <= image_size // 4:
+            raise ValueError(f"CopyTask: ring must be in [1, {image_size // 4}] pixels, got {ring}")
+        self.kind, self.ring = kind, int(ring)
         self.n, self.image_size, self.seed, self.block = n, image_size, int(seed), block
         self.periods, self.hole_cells = periods, hole_cells
 
@@ -98,6 +107,8 @@ class CopyTask(Dataset):
     def _draw(self, i: int) -> tuple[CopyItem, torch.Generator]:
         """Period, hole and offset of item ``i`` (the generator is left ready to draw the colours)."""
         g, S, c = self._generator(i), self.image_size, CELL
+        if self.kind == "twin":
+            return self._draw_twin(g), g
         for _ in range(1000):  # rejection: a hole whose copy lies fully inside the image (almost always 1 try)
             period = (self._pick(self.periods, g), self._pick(self.periods, g))
             h, w = self._pick(self.hole_cells, g) * c, self._pick(self.hole_cells, g) * c
@@ -107,6 +118,27 @@ class CopyTask(Dataset):
             if offset is not None:
                 return CopyItem(period, (top, left, h, w), offset), g
         raise RuntimeError(f"CopyTask item {i}: no hole with a visible copy after 1000 draws")  # not reached
+
+    def _cell_rect(self, g: torch.Generator) -> tuple[int, int, int, int]:
+        S, c = self.image_size, CELL
+        h, w = self._pick(self.hole_cells, g) * c, self._pick(self.hole_cells, g) * c
+        top = int(torch.randint(0, (S - h) // c + 1, (), generator=g)) * c
+        left = int(torch.randint(0, (S - w) // c + 1, (), generator=g)) * c
+        return top, left, h, w
+
+    def _draw_twin(self, g: torch.Generator) -> CopyItem:
+        """"twin": a hole and a source rectangle of the same size whose rings (``ring`` px around each,
+        clipped to the image) do not overlap."""
+        r, S = self.ring, self.image_size
+        for _ in range(1000):
+            top, left, h, w = self._cell_rect(g)
+            stop, sleft, _, _ = self._cell_rect(g)  # the source's size is the hole's
+            if stop + h > S or sleft + w > S:
+                continue
+            # the two grown rectangles [top - r, top + h + r) x [...] must be disjoint
+            if abs(stop - top) >= h + 2 * r or abs(sleft - left) >= w + 2 * r:
+                return CopyItem((0, 0), (top, left, h, w), (stop - top, sleft - left))
+        raise RuntimeError("CopyTask: no room for two disjoint twins; use a larger image or smaller holes")
 
     def item(self, i: int) -> CopyItem:
         """The geometry of item ``i``: period, hole rectangle and offset."""
@@ -119,6 +151,8 @@ class CopyTask(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         it, g = self._draw(i)
         S, b = self.image_size, self.block
+        if self.kind == "twin":
+            return self._twin_image(it, g)
         (py, px), (top, left, h, w) = it.period, it.hole
         tile = torch.rand(3, py // b, px // b, generator=g) * 2 - 1  # independent colours in [-1, 1]
         tile = tile.repeat_interleave(b, dim=1).repeat_interleave(b, dim=2)  # [3, P_y, P_x]
@@ -127,6 +161,29 @@ class CopyTask(Dataset):
         mask = torch.zeros(1, S, S)
         mask[:, top:top + h, left:left + w] = 1.0
         return image, mask
+
+
+def _twin_image(self, it: CopyItem, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A mosaic of random colour blocks in which the hole and its ring repeat the source and its ring."""
+    S, r = self.image_size, self.ring
+    (top, left, h, w), (dy, dx) = it.hole, it.offset
+    image = _blocks(g, S, self.block)
+    # target rows/cols of the grown rectangle, clipped so that both the target and its source lie inside
+    y0, y1 = max(top - r, -dy, 0), min(top + h + r, S - dy, S)
+    x0, x1 = max(left - r, -dx, 0), min(left + w + r, S - dx, S)
+    image[:, y0:y1, x0:x1] = image[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx].clone()
+    mask = torch.zeros(1, S, S)
+    mask[:, top:top + h, left:left + w] = 1.0
+    return image, mask
+
+
+CopyTask._twin_image = _twin_image
+
+
+def _blocks(g: torch.Generator, size: int, block: int) -> Tensor:
+    """``[3, size, size]`` of independent uniform colours in [-1, 1], constant on ``block x block`` squares."""
+    colours = torch.rand(3, size // block, size // block, generator=g) * 2 - 1
+    return colours.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)
 
 
 def _nearest_copy(period: tuple[int, int], hole: tuple[int, int, int, int], size: int) -> tuple[int, int] | None:
@@ -182,6 +239,9 @@ def copies_of_cell(dataset: CopyTask, i: int, cell: int) -> Tensor:
     (py, px), (top, left, h, w) = it.period, it.hole
     W = H = dataset.image_size // CELL
     y, x = divmod(int(cell), W)
+    if dataset.kind == "twin":  # one copy: the source rectangle
+        dy, dx = it.offset
+        return torch.tensor([(y + dy // CELL) * W + x + dx // CELL], dtype=torch.long)
     out = []
     for yy in range(y % (py // CELL), H, py // CELL):
         for xx in range(x % (px // CELL), W, px // CELL):

@@ -925,3 +925,33 @@ def plot_fill_comparison(cases: Sequence[dict], max_norm: float | None = None) -
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def plot_source_arrows(image: torch.Tensor, mask: torch.Tensor, sources: torch.Tensor,
+                       correct: torch.Tensor | None = None, ax=None, title: str = "sources") -> Figure:
+    """The masked image with one arrow per hole cell, from the cell to the known cell it copies.
+
+    ``image [3,H,W]`` in [-1,1], ``mask [1,H,W]`` (1 = hole), ``sources`` long ``[h*w]`` (the chosen source
+    of every hole cell, -1 elsewhere, e.g. a row of ``attention_stats.layer_sources``). ``correct`` bool
+    ``[h*w]`` colours the arrows: green = right, red = wrong (all white when None).
+    """
+    if ax is None:
+        fig, axes = _grid(1, 1, cell=3.2)
+        ax = axes[0, 0]
+    H, W = image.shape[-2:]
+    n = sources.numel()
+    h = w = int(round(math.sqrt(n)))
+    if h * w != n:
+        raise ValueError(f"sources must cover a square grid, got {n} entries")
+    stride = (H // h, W // w)
+    ax.imshow(masked_display(image, mask), interpolation="nearest")
+    for p in (sources >= 0).nonzero().flatten().tolist():
+        (py, px), (qy, qx) = divmod(p, w), divmod(int(sources[p]), w)
+        x0, y0 = _cell_centre(py, px, stride)
+        x1, y1 = _cell_centre(qy, qx, stride)
+        colour = "white" if correct is None else ("lime" if bool(correct[p]) else "red")
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color=colour, lw=1.2, shrinkA=0, shrinkB=0))
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+    return ax.figure

@@ -120,3 +120,24 @@ def test_paired_difference_and_table():
     assert "| csa | 1 |" in table and "100 % of images" in table
     lines[0]["active"] = 0.0
     assert "inactive" in format_ablation(lines)
+
+
+def test_mirror_far_excludes_adjacent_sources():
+    # hole cell (1,1) in a 4x4 grid: its mirror (1,2) touches it; a source there is "mirror" but not "far"
+    hole = _hole(cells=((1, 1),))
+    sources = torch.full((1, 16), -1)
+    sources[0, 5] = 6
+    st = source_statistics(sources, hole, mirror=True)
+    assert st["mirror"] == 1 and st["adjacent"] == 1 and st["mirror_far"] == 0
+
+
+def test_plot_source_arrows_draws_one_arrow_per_hole_cell():
+    import matplotlib
+    matplotlib.use("Agg")
+    from csa_lib.viz import plot_source_arrows
+    ds = CopyTask(1, 32, seed=0)
+    image, mask = ds[0]
+    sources = torch.full((16,), -1)
+    sources[mask[0, ::8, ::8].flatten() > 0] = 0
+    fig = plot_source_arrows(image, mask, sources, correct=sources >= 0)
+    assert len(fig.axes[0].texts) == int((sources >= 0).sum())

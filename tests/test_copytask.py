@@ -92,3 +92,19 @@ def test_preset_builds_train_and_held_out_sets():
     assert isinstance(train, CopyTask) and isinstance(held, CopyTask)
     assert train.seed != held.seed  # held-out samples come from another seed
     assert p.loss.lambda_d == 0 and p.model.image_size == 64
+
+
+def test_twin_kind_has_one_copy_with_the_same_ring():
+    ds = CopyTask(30, 64, seed=4, block=8, kind="twin")
+    for i in range(30):
+        image, mask = ds[i]
+        assert torch.equal(oracle_fill(ds, i), image)
+        (top, left, h, w), (dy, dx) = ds.item(i).hole, ds.offset(i)
+        r = ds.ring
+        y0, y1 = max(top - r, -dy, 0), min(top + h + r, 64 - dy, 64)
+        x0, x1 = max(left - r, -dx, 0), min(left + w + r, 64 - dx, 64)
+        assert torch.equal(image[:, y0:y1, x0:x1], image[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx])
+        hole, _ = copy_source_cells(ds, i)
+        assert all(len(copies_of_cell(ds, i, p)) == 1 for p in hole.tolist())
+    with pytest.raises(ValueError, match="kind"):
+        CopyTask(3, 64, kind="spiral")
