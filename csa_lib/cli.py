@@ -34,6 +34,7 @@ import numpy as np
 # torch is imported inside the commands: argument and file errors are then reported in a fraction
 # of a second, and `csa --help` is instant.
 from .config import PRESETS, Preset, apply_override, get_preset
+from .errors import NO_CODE, TORCH_ADVICE, error_line  # noqa: F401  (also public here)
 
 
 class CLIError(Exception):
@@ -137,7 +138,9 @@ def train_overrides(args, preset: Preset) -> dict[str, Any]:
 
 def cmd_train(args) -> int:
     from . import distributed
-    from .train import Trainer, has_checkpoint, resolve_device
+    from .devices import resolve_device
+    from .runfiles import has_checkpoint
+    from .train import Trainer
 
     _setup_threads(args)
     preset = get_preset(args.preset)
@@ -261,9 +264,7 @@ def _check_eval_args(args) -> None:
         try:
             load_inception(args.fid)
         except Exception as e:  # noqa: BLE001 - any failure means: not usable Inception-v3 weights
-            from .train import first_line
-
-            raise CLIError(f"--fid {args.fid}: not usable Inception-v3 weights ({first_line(e)})") from None
+            raise CLIError(f"--fid {args.fid}: not usable Inception-v3 weights ({error_line(e)})") from None
 
 
 def cmd_eval(args) -> int:
@@ -755,7 +756,8 @@ def cmd_demo(args) -> int:
 
 
 def _demo(args) -> int:
-    from .train import Trainer, has_checkpoint, load_checkpoint
+    from .runfiles import has_checkpoint, load_checkpoint
+    from .train import Trainer
 
     _setup_threads(args)
     preset = get_preset("demo")
@@ -803,10 +805,10 @@ def _demo(args) -> int:
 
 
 def _clear_for_retrain(out: Path):
-    """Lock the run folder ``out`` (:class:`csa_lib.train.RunLock`), then delete its checkpoints and log
+    """Lock the run folder ``out`` (:class:`csa_lib.runfiles.RunLock`), then delete its checkpoints and log
     for ``csa demo --retrain``; returns the held lock. A folder another process trains in is refused
     (``RunInUseError``) before anything is deleted."""
-    from .train import CKPT_DIR, LAST, NEXT, PREV, RunLock
+    from .runfiles import CKPT_DIR, LAST, NEXT, PREV, RunLock
 
     lock = RunLock(out).acquire()
     for name in (LAST, PREV, NEXT):
@@ -948,7 +950,7 @@ def demo_figures(run_dir, device: str = "cpu", n: int = 6) -> dict[str, Path]:
 
 
 def _trained_steps(run_dir) -> int:
-    from .train import load_checkpoint
+    from .runfiles import load_checkpoint
 
     return int(load_checkpoint(run_dir)["step"])
 
@@ -1015,7 +1017,7 @@ def _setup_threads(args) -> None:
 
 def _device(name: str | None) -> str:
     """``--device`` as a torch device string; unknown or absent devices are a one-line ``ValueError``."""
-    from .train import resolve_device
+    from .devices import resolve_device
 
     return str(resolve_device(name or "auto"))
 
@@ -1156,35 +1158,13 @@ def is_expected(e: BaseException) -> bool:
     if isinstance(e, (CLIError, OSError, ValueError, MemoryError)) or _out_of_memory(e):
         return True
     # Library errors; their modules are only loaded (with torch) when a command got that far.
-    for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.train", "RunInUseError"),
+    for module, name in (("csa_lib.train", "NonFiniteLossError"), ("csa_lib.runfiles", "RunInUseError"),
                          ("csa_lib.vgg", "VGGWeightsUnavailable"),
                          ("csa_lib.metrics", "InceptionWeightsUnavailable")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True
     return False
-
-
-#: What ``torch.load(weights_only=True)`` says before its advice to retry unsafely; our message instead.
-TORCH_ADVICE = "Weights only load failed"
-NO_CODE = ("the file holds Python objects besides tensors, and they are never unpickled "
-           "(loaded with weights_only=True for safety)")
-
-
-def error_line(e: BaseException) -> str:
-    """The one line printed for an expected error: its first non-empty line (the type name when empty),
-    with PyTorch's advice to retry ``torch.load`` with ``weights_only=False`` replaced by :data:`NO_CODE`
-    (that would run whatever code the file carries)."""
-    text = str(e)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[0] if lines else ("out of memory" if isinstance(e, MemoryError) else type(e).__name__)
-    cut = line.find(TORCH_ADVICE)
-    if cut < 0 and "weights_only" in line and "False" in line:  # the advice in other words
-        cut = line.find("weights_only")
-    if cut >= 0:
-        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", text)
-        line = line[:cut] + NO_CODE + (f" (found {found.group(1)})" if found else "")
-    return line
 
 
 def main(argv: list[str] | None = None) -> int:

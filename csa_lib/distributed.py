@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .devices import resolve_device
+
 #: How long a collective waits for a rank that stopped answering before it fails (seconds). A dead
 #: rank then ends the job instead of hanging the others forever. It must exceed the longest time one
 #: rank works alone: rank 0 writing a checkpoint and a sample grid. ``CSA_DIST_TIMEOUT_S`` overrides it.
@@ -90,8 +92,6 @@ def setup(device: str | torch.device = "auto") -> bool:
     """
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1 or dist.is_initialized():
         return active()
-    from .train import resolve_device
-
     cuda = resolve_device(str(device)).type == "cuda"
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
     if cuda:

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .runfiles import load_checkpoint
+
 #: The smallest image side :func:`inpaint` takes (a hole needs pixels around it to be filled from).
 MIN_SIDE = 8
 
@@ -114,7 +116,7 @@ def load_model(source: str | Path = "celeba64", device: str | torch.device = "cp
         known = ", ".join(sorted(PRETRAINED))
         raise FileNotFoundError(f"checkpoint {path}: no such file" +
                                 ("" if isinstance(source, Path) else f" (nor a shipped model name: {known})"))
-    from .train import load_checkpoint, load_generator
+    from .train import load_generator
 
     generator, preset = load_generator(path, device=device)
     check_finite_weights(generator, f"checkpoint {path}")

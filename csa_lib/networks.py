@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import FEATURE_LEVELS, FEATURE_THRESHOLD, ModelConfig
+from .masks import feature_mask
 
 #: Colour put into the hole before the coarse net, in [-1, 1] units. The official code writes
 #: (123, 104, 117)/255 into channels (0, 1, 2): the ImageNet mean (123.68, 116.78, 103.94) with the
@@ -406,8 +407,6 @@ class CSAInpainter(nn.Module):
                           "if these are 0..1 pixel values, pass image * 2 - 1", stacklevel=3)
 
     def forward(self, image: Tensor, mask: Tensor, return_attention: bool = False) -> InpaintOutput:
-        from .masks import feature_mask
-
         self.check_inputs(image, mask)
         mask = mask.to(image.dtype)
         coarse = self.coarse_net(fill_hole(image, mask))

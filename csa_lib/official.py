@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig, Preset, get_preset
 from .networks import CSAInpainter, FeaturePatchDiscriminator, PatchDiscriminator
+from .runfiles import atomic_save
 
 __all__ = ["OfficialCheckpointError", "LABELS", "official_module_names", "to_official_state_dicts",
            "from_official_state_dicts", "load_official_checkpoint", "official_files",
@@ -306,8 +307,6 @@ def import_official(folder: str | Path, output: str | Path, epoch: str | int = "
     ``csa inpaint`` and ``csa eval`` accept: ``{"generator", "preset", "step", "official"}``. ``step`` is 0
     (the official files do not record it); ``official`` names the source files and epoch. Returns the
     dict written (also with ``"path"``)."""
-    from .train import atomic_save
-
     files = official_files(folder, epoch)
     generator = load_official_checkpoint(folder, epoch, image_size=image_size, semantics=semantics)
     ckpt = {"generator": generator.state_dict(), "preset": official_preset(generator.cfg).to_dict(),

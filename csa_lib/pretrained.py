@@ -20,14 +20,15 @@ The returned :class:`~csa_lib.networks.CSAInpainter` is in eval mode and carries
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import REPO_ROOT, ModelConfig
+from .config import REPO_ROOT, ModelConfig, Preset
+from .networks import CSAInpainter
+from .runfiles import atomic_save, load_checkpoint, sha256_file  # noqa: F401  (sha256_file: also public here)
 
 #: ``weights/`` of a source checkout (also what an editable install reads).
 CHECKOUT_WEIGHTS = REPO_ROOT / "weights"
@@ -59,15 +60,6 @@ def list_pretrained(available_only: bool = False) -> list[str]:
     return names
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_card(name: str = "celeba64", weights_dir: str | Path | None = None) -> dict[str, Any]:
     """The model card (a dict) of shipped model ``name``."""
     if name not in PRETRAINED:
@@ -94,8 +86,6 @@ def load_pretrained(name: str = "celeba64", device: str | torch.device = "cpu",
     Checks the weights file's sha256 against the card, loads it with ``weights_only=True``, builds the
     network from the card's model config and loads the (float16) weights as float32. Errors name the file.
     """
-    from .networks import CSAInpainter
-
     card = read_card(name, weights_dir)
     path = Path(card["card_path"]).parent / card["file"]
     if not path.is_file():
@@ -125,9 +115,6 @@ def export_generator(checkpoint: str | Path, weights_path: str | Path,
     ``weights_path`` ends in ``.pt``; the card goes beside it with ``.json``. ``card`` adds fields
     (training command, metrics, licence ...). Returns the card written.
     """
-    from .config import Preset
-    from .train import atomic_save, load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     preset = Preset.from_dict(ckpt["preset"])
     weights_path = Path(weights_path)

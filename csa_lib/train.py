@@ -18,8 +18,9 @@ What the trainer adds around that step:
 - checkpoints written atomically (temporary file, fsync, ``os.replace``) with every state needed for an
   exact resume: models, optimisers, schedulers, RNG states, step, preset, the partial sums of the next log
   line; the previous good checkpoint is kept as ``prev.pt``. A resume repairs what a ``kill -9`` can
-  leave (an unrenamed ``next.pt``, orphan temporary files, a torn ``last.pt`` or last log line);
-- a lock on the run folder (:class:`RunLock`) while training: a second writer is refused;
+  leave (an unrenamed ``next.pt``, orphan temporary files, a torn ``last.pt`` or last log line). The
+  file handling itself is :mod:`csa_lib.runfiles` (its names are also importable from here);
+- a lock on the run folder (:class:`~csa_lib.runfiles.RunLock`) while training: a second writer is refused;
 - a stop with :class:`NonFiniteLossError` on the first NaN/Inf loss (or gradient), before anything is
   written, so the last good checkpoint stays intact;
 - logs: a tqdm bar, ``log.jsonl`` (one JSON object per logged step), TensorBoard when installed, and sample
@@ -43,9 +44,6 @@ import json
 import math
 import os
 import random
-import re
-import signal
-import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -58,16 +56,22 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .config import Preset, in_jupyter
+from .config import Preset, apply_override, in_jupyter
+from .data import build_dataset
+from .devices import resolve_device
+from .errors import first_line
+from .losses import InpaintingLoss
+from .networks import build_models
+# Run-folder files (atomic saves, checkpoint rotation, the lock, the log) live in runfiles; the names are
+# also public here, where notebooks and older code import them from.
+from .runfiles import (CKPT_DIR, LAST, LOCK_FILE, NEXT, PREV, TEMP_NAME, RunInUseError, RunLock,  # noqa: F401
+                       append_line, atomic_save, checkpoint_candidates, finish_interrupted_save, has_checkpoint,
+                       keep_snapshot, kill_point, load_checkpoint, read_log, remove_orphan_temps, run_dir_of,
+                       save_rotated, trim_log)
+from .vgg import VGG16Features
 
-CKPT_DIR = "checkpoints"
 #: Shown on the progress bar (the rest goes to log.jsonl / TensorBoard).
 BAR_KEYS = {"G/l1_refined": "l1", "G/total": "G", "D/total": "D", "images_per_s": "img/s"}
-LAST, PREV, NEXT = "last.pt", "prev.pt", "next.pt"
-LOCK_FILE = ".lock"
-#: The temporary files this module writes (``.next.pt.tmp1234``, ``.log.jsonl.tmp1234``): the only files
-#: :func:`remove_orphan_temps` deletes, so a user's ``.draft.tmpl`` in a run folder is never touched.
-TEMP_NAME = re.compile(r"\.(?:[^/]+\.pt|log\.jsonl)\.tmp\d+")
 AMP_MODES = ("auto", "bf16", "off", "fp32")
 
 
@@ -80,54 +84,9 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite {term} = {value} at step {step}; training stopped{where}")
 
 
-class RunInUseError(RuntimeError):
-    """Another process holds the run folder's lock (it is training into that folder)."""
-
-
-def first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name when the message is empty),
-    without PyTorch's advice to retry ``torch.load`` with ``weights_only=False`` (see ``cli.error_line``)."""
-    from .cli import error_line
-
-    return error_line(e)
-
-
-def _kill_point(point: str, step: int) -> None:
-    """Fault-injection hook for the reliability tests: ``CSA_KILL_AT=point@step`` (e.g. ``tmp@4``) makes
-    the process SIGKILL itself at that point of that step, as a power cut or the OOM killer would.
-    Points: ``step`` (after a step, before its log line), ``tmp`` (checkpoint temp file written, not yet
-    renamed), ``next`` (``next.pt`` in place, not yet rotated), ``rotated`` (``last.pt`` moved to
-    ``prev.pt``, ``next.pt`` not yet renamed: no ``last.pt`` on disk). Unset, it does nothing."""
-    if os.environ.get("CSA_KILL_AT") == f"{point}@{step}":
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # --------------------------------------------------------------------------------------------------
-# Devices, seeds and the learning-rate schedule
+# Settings, speed flags, seeds and the learning-rate schedule
 # --------------------------------------------------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU. A device that is unknown (``"tpu"``) or not present
-    here (``"cuda"`` without a GPU, ``"cuda:3"`` on a 1-GPU machine) is a ``ValueError`` (one line)."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available (use device=cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device {name!r} requested but MPS is not available (use device=cpu or auto)")
-    elif device.type != "cpu":
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
-
-
 def check_train_config(preset: Preset) -> None:
     """Refuse settings that cannot work, with one line naming the field (``ValueError``).
 
@@ -329,7 +288,7 @@ class SeededSamples(Dataset):
 
 
 # --------------------------------------------------------------------------------------------------
-# RNG state and checkpoints (only tensors and primitive containers: loadable with weights_only=True)
+# RNG state (only tensors and primitive containers: loadable with weights_only=True), loading weights
 # --------------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """All global RNG states as tensors/primitives."""
@@ -356,219 +315,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash at any point leaves either the old file or the new one, never a torn file (a kill may leave
-    the temporary ``.NAME.tmpPID``; :func:`remove_orphan_temps` cleans those up on the next start).
-    """
-    path = Path(path)
-    tmp = _write_temp(obj, path)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
-
-
-def _write_temp(obj: Any, path: Path) -> Path:
-    """``obj`` written and fsynced to ``.NAME.tmpPID`` beside ``path``; returns that temporary file.
-
-    A failed write (a full disk shows up as torch's "PytorchStreamWriter failed writing file") removes
-    the temporary file and raises ``OSError`` naming ``path``: the file it would replace is untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception):
-            raise OSError(f"cannot write {path}: {first_line(e)} (disk full or not writable?); "
-                          f"the file it would replace is untouched") from e
-        raise
-    return tmp
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not supported on every platform (Windows), hence the guard.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def checkpoint_candidates(path: str | Path) -> list[Path]:
-    """Where to look for a checkpoint, newest first.
-
-    A run folder: ``checkpoints/next.pt`` (only present when a kill hit a save between writing it and
-    renaming it to ``last.pt``; it is complete, since it was itself written atomically), then ``last.pt``,
-    then ``prev.pt``. A file: the file itself, and for ``.../last.pt`` its sibling ``prev.pt`` too.
-    """
-    path = Path(path)
-    if path.is_file():
-        backup = path.with_name(PREV)
-        return [path, backup] if path.name == LAST and backup.is_file() else [path]
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint or run folder not found: {path}")
-    folder = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    found = [folder / name for name in (NEXT, LAST, PREV) if (folder / name).is_file()]
-    if not found:
-        raise FileNotFoundError(f"no checkpoint ({LAST} or {PREV}) in {folder}")
-    return found
-
-
-def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether a run folder holds any trainer checkpoint (``last.pt``, ``prev.pt`` or an unrenamed
-    ``next.pt``): a new run must not start over it silently."""
-    folder = Path(run_dir) / CKPT_DIR
-    return any((folder / name).is_file() for name in (NEXT, LAST, PREV))
-
-
-def _read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """One checkpoint file (``weights_only=True``), or ``ValueError`` naming it (empty, torn, foreign)."""
-    if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {path} is empty (0 bytes)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a torn or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {first_line(e)}") from None
-    if not isinstance(ckpt, dict) or "generator" not in ckpt or "preset" not in ckpt:
-        raise ValueError(f"{path} is not a csa_lib training checkpoint")
-    return ckpt
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a trainer checkpoint (``weights_only=True``): a file, or a run folder's newest loadable one
-    (see :func:`checkpoint_candidates`; a torn or empty ``last.pt`` falls back to ``prev.pt`` with a
-    warning). ``ckpt["path"]`` says which file it was. Errors name the files."""
-    errors = []
-    for candidate in checkpoint_candidates(path):
-        try:
-            ckpt = _read_checkpoint(candidate, device)
-        except ValueError as e:  # try the previous one
-            errors.append(str(e))
-            continue
-        if errors:
-            warnings.warn(f"{'; '.join(errors)}; using {candidate} (step {ckpt.get('step')}) instead",
-                          stacklevel=2)
-        ckpt["path"] = str(candidate)
-        return ckpt
-    raise ValueError("; ".join(errors))
-
-
-def _loads(path: Path) -> bool:
-    try:
-        _read_checkpoint(path)
-        return True
-    except (ValueError, OSError):
-        return False
-
-
-def remove_orphan_temps(run_dir: str | Path) -> list[Path]:
-    """Delete the temporary files (``.NAME.tmpPID``) that a killed save or log rewrite left in a run folder.
-
-    Only call this while holding the run's :class:`RunLock`: then no other process is writing there, so
-    every temporary file is an orphan (at paper size each is a full checkpoint: gigabytes). Only names
-    of :data:`TEMP_NAME` (``.next.pt.tmp1234``, ``.log.jsonl.tmp1234``) are deleted: other files stay.
-    """
-    run_dir = Path(run_dir)
-    found = [p for folder in (run_dir, run_dir / CKPT_DIR) if folder.is_dir()
-             for p in folder.glob(".*.tmp*") if p.is_file() and TEMP_NAME.fullmatch(p.name)]
-    if found:
-        size = sum(p.stat().st_size for p in found)
-        for p in found:
-            p.unlink(missing_ok=True)
-        warnings.warn(f"removed {len(found)} temporary file(s) ({size / 2**20:.1f} MiB) left in {run_dir} by an "
-                      f"interrupted save: {', '.join(p.name for p in found)}", stacklevel=2)
-    return found
-
-
-def finish_interrupted_save(run_dir: str | Path) -> None:
-    """Complete the rotation of a save that a kill interrupted after ``next.pt`` was written.
-
-    ``next.pt`` is then the newest complete checkpoint: it becomes ``last.pt`` and a loadable ``last.pt``
-    becomes ``prev.pt`` (a torn one is dropped, keeping the good ``prev.pt``). A ``next.pt`` that does not
-    load is deleted. Call it while holding the run's :class:`RunLock`.
-    """
-    folder = Path(run_dir) / CKPT_DIR
-    nxt, last = folder / NEXT, folder / LAST
-    if not nxt.is_file():
-        return
-    if not _loads(nxt):
-        warnings.warn(f"deleting {nxt}: it does not load", stacklevel=2)
-        nxt.unlink()
-        return
-    if last.is_file() and _loads(last):
-        os.replace(last, folder / PREV)
-    os.replace(nxt, last)
-    _fsync_dir(folder)
-    warnings.warn(f"finished a checkpoint save that was interrupted: {nxt.name} -> {last}", stacklevel=2)
-
-
-class RunLock:
-    """An exclusive lock on a run folder: ``fcntl.flock`` on ``<run>/.lock``, which holds our pid.
-
-    Two processes writing one run would interleave log lines and race on the checkpoint renames. The
-    kernel drops a ``flock`` when its process dies (even by SIGKILL), so a killed run never leaves the
-    folder stuck. ``acquire`` raises :class:`RunInUseError` naming the holder's pid. No-op where
-    ``fcntl`` does not exist (Windows).
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self._file = None
-
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
-    def acquire(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks here
-            return self
-        if self._file is not None:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise RunInUseError(f"run folder {self.path.parent} is in use by another process (pid {holder}); "
-                                "wait for it to finish or stop it first") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._file = f
-        return self
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing the file drops the lock
-            self._file = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 def init_generator(generator: nn.Module, path: str | Path) -> None:
     """Load generator weights into ``generator`` from a shipped weights file (a state dict, e.g.
     ``weights/csa_celeba64.pt``, fp16 cast to the model's dtype) or a training checkpoint (its
@@ -590,8 +336,6 @@ def init_generator(generator: nn.Module, path: str | Path) -> None:
 
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """``(generator in eval mode on device, Preset)`` from a checkpoint file or run folder."""
-    from .networks import build_models
-
     ckpt = load_checkpoint(checkpoint)
     preset = Preset.from_dict(ckpt["preset"])
     check_model_config(preset, data=False, where=f"checkpoint {ckpt['path']}: ")
@@ -638,76 +382,11 @@ def sample_grid(image, mask, out, path: Path) -> Path:
     return path
 
 
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl`` file, in order. A torn last line (a kill or a full disk in the
-    middle of a write) is dropped with a warning; a bad line elsewhere is a ``ValueError`` naming the
-    file and the line."""
-    records, torn = _read_log_tolerant(path)
-    if torn:
-        warnings.warn(torn, stacklevel=2)
-    return records
-
-
-def _read_log_tolerant(path: str | Path) -> tuple[list[dict[str, Any]], str | None]:
-    """``(records, message)``: the message says which torn last line was dropped (None: none was)."""
-    path = Path(path)
-    text = path.read_text(errors="replace")
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    records, torn = [], None
-    for k, (n, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if k == len(lines) - 1:
-                torn = f"{path}: dropped a torn last line {n} ({line[:40]!r}...)"
-                break
-            raise ValueError(f"{path}:{n}: not a JSON record: {line[:60]!r}") from None
-        records.append(record)
-    return records, torn
-
-
-def _append_line(path: Path, text: str) -> None:
-    """Append one line with a single ``write`` on an ``O_APPEND`` descriptor: a kill leaves the whole
-    line or a torn last line (that :func:`read_log` drops), never a torn line in the middle."""
-    data = text.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):  # a full disk can cut a write short without an error
-            raise OSError(f"cannot append to {path}: wrote {written} of {len(data)} bytes (disk full?)")
-    except OSError as e:
-        raise OSError(f"cannot append to {path}: {first_line(e)}") from e
-    finally:
-        os.close(fd)
-
-
-def _rewrite_atomically(path: Path, text: str) -> None:
-    """Replace a text file's contents through a temporary file and ``os.replace`` (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _new_window(saved: dict[str, Any] | None = None) -> dict[str, Any]:
     """The running sums of the next log line: ``{"t", "steps", "images", "sums"}``."""
     saved = saved or {}
     return {"t": time.perf_counter(), "steps": int(saved.get("steps", 0)), "images": int(saved.get("images", 0)),
             "sums": {k: float(v) for k, v in saved.get("sums", {}).items()}}
-
-
-def _run_dir_of(path: Path) -> Path:
-    """The run folder of a checkpoint file (``run/checkpoints/last.pt`` -> ``run``) or of a run folder."""
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == CKPT_DIR else path.parent
 
 
 def _check_resume_overrides(stored: Preset, overrides: dict[str, Any]) -> None:
@@ -763,11 +442,6 @@ class Trainer:
     """
 
     def __init__(self, preset: Preset, vgg: nn.Module | None = None, progress: bool = True):
-        from .data import build_dataset
-        from .losses import InpaintingLoss
-        from .networks import build_models
-        from .vgg import VGG16Features
-
         check_train_config(preset)
         self.preset, self.progress = preset, progress
         cfg = preset.train
@@ -877,41 +551,18 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/last.pt``, keeping the one it replaces as ``prev.pt``.
 
-        The sequence (each rename atomic; :func:`load_checkpoint` and :func:`finish_interrupted_save`
-        handle a kill between any two): write ``.next.pt.tmpPID``, fsync, rename to ``next.pt``; rename
-        ``last.pt`` to ``prev.pt``; rename ``next.pt`` to ``last.pt``. A ``last.pt`` that does not load (a
-        resume fell back to ``prev.pt``) is never rotated: it is replaced, and the good ``prev.pt`` stays.
+        The sequence is :func:`~csa_lib.runfiles.save_rotated`'s (each rename atomic, a kill between any
+        two is repaired on resume). A ``last.pt`` that does not load (a resume fell back to ``prev.pt``) is
+        never rotated: it is replaced, and the good ``prev.pt`` stays.
 
         With ``train.keep_every = K``, a checkpoint written at a multiple of K steps is also kept as
         ``checkpoints/step_XXXXXXX.pt`` (a hard link where the file system allows: no extra space).
         """
-        last = self.checkpoint_path
-        nxt = last.with_name(NEXT)
-        tmp = _write_temp(self.state_dict(), nxt)
-        _kill_point("tmp", self.step)
-        os.replace(tmp, nxt)
-        _kill_point("next", self.step)
-        if last.exists():
-            if self._last_ok is None:
-                self._last_ok = _loads(last)
-            if self._last_ok:
-                os.replace(last, last.with_name(PREV))
-            else:
-                warnings.warn(f"{last} does not load: replacing it, keeping {PREV} as the backup", stacklevel=2)
-        _kill_point("rotated", self.step)
-        os.replace(nxt, last)
+        last = save_rotated(self.state_dict(), self.checkpoint_path, self._last_ok, self.step)
         self._last_ok = True
-        _fsync_dir(last.parent)
         keep = self.preset.train.keep_every
         if keep and self.step % keep == 0:
-            snapshot = last.with_name(f"step_{self.step:07d}.pt")
-            if not snapshot.exists():
-                try:
-                    os.link(last, snapshot)
-                except OSError:  # no hard links here: copy
-                    import shutil
-
-                    shutil.copyfile(last, snapshot)
+            keep_snapshot(last, self.step)
         return last
 
     @classmethod
@@ -921,11 +572,9 @@ class Trainer:
         ``overrides`` (dotted keys, e.g. ``{"train.steps": 2000}``) change the stored preset; the run keeps
         writing into the folder it was resumed from unless ``train.out_dir`` is overridden.
         """
-        from .config import apply_override
-
         overrides = dict(overrides or {})
         path = Path(path)
-        run_dir = _run_dir_of(path)
+        run_dir = run_dir_of(path)
         out_dir = Path(overrides.get("train.out_dir", run_dir))
         # Writing into the folder: lock it first (refused while another process trains there), then
         # repair what a kill may have left (only the lock holder may rename files there).
@@ -941,7 +590,7 @@ class Trainer:
             ckpt = load_checkpoint(path)
             preset = Preset.from_dict(ckpt["preset"])
             _check_resume_overrides(preset, overrides)
-            preset.train.out_dir = str(_run_dir_of(Path(ckpt["path"])))
+            preset.train.out_dir = str(run_dir_of(Path(ckpt["path"])))
             for key, value in overrides.items():
                 apply_override(preset, key, value)
             _check_resume_steps(preset, int(ckpt["step"]))
@@ -1074,7 +723,7 @@ class Trainer:
         if not distributed.is_main():  # under torchrun rank 0 logs (the values are averaged over ranks)
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _append_line(self.out_dir / "log.jsonl", json.dumps(record) + "\n")
+        append_line(self.out_dir / "log.jsonl", json.dumps(record) + "\n")
         writer = self._tensorboard()
         if writer is not None:
             for k, v in record.items():
@@ -1091,19 +740,6 @@ class Trainer:
             # purge_step drops events a killed run wrote after its last checkpoint.
             self._writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step)
         return self._writer
-
-    def _trim_log(self) -> None:
-        """On resume, drop log lines written after the checkpoint by the interrupted session, and a torn
-        last line (with a warning). The file is rewritten atomically, and only when something changes."""
-        path = self.out_dir / "log.jsonl"
-        if not path.exists():
-            return
-        records, torn = _read_log_tolerant(path)
-        if torn:
-            warnings.warn(torn, stacklevel=2)
-        keep = [r for r in records if r.get("step", 0) <= self.step]
-        if torn or len(keep) != len(records) or not path.read_bytes().endswith(b"\n"):
-            _rewrite_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def _acquire_run_lock(self) -> None:
         """Hold the run folder's :class:`RunLock` (until the end of :meth:`fit` or :meth:`close`) and
@@ -1152,7 +788,7 @@ class Trainer:
         self.G.train(), self.D.train(), self.F.train()
         main = distributed.is_main()  # under torchrun only rank 0 writes logs, samples and checkpoints
         if main:
-            self._trim_log()
+            trim_log(self.out_dir / "log.jsonl", self.step)  # on resume: drop what came after the checkpoint
         sample_batch = self.fixed_batch() if main else None
         start, stopped, images = time.perf_counter(), "done", 0
         window = self._window  # averages between two log lines (restored from a checkpoint on resume)
@@ -1173,7 +809,7 @@ class Trainer:
                 if callback is not None:
                     callback(self, logs)
                 bar.update(1)
-                _kill_point("step", self.step)
+                kill_point("step", self.step)
                 last = self.step == cfg.steps
                 if cfg.time_budget_s is not None and distributed.any_rank(
                         time.perf_counter() - start > cfg.time_budget_s, self.device):  # all ranks stop together

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import SHARED_ROOT
+from .runfiles import sha256_file
 
 #: The team's shared Caffe-convention weights (blocks 1-4, float16); used by ``"auto"`` when present.
 SHARED_VGG_FILE = SHARED_ROOT / "weights" / "vgg16_caffe_rgb_conv1-4_fp16.pth"
@@ -108,8 +109,6 @@ def read_torchvision_cache(path: str | Path) -> dict[str, Tensor]:
     Raises ``ValueError`` naming the file when the hash does not match or the file is not a plain state
     dict (nothing in the file is executed either way).
     """
-    from .pretrained import sha256_file
-
     path = Path(path)
     want = _hash_prefix(path)
     if want is not None:

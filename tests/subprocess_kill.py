@@ -1,6 +1,6 @@
 """Run ``python -m csa_lib.cli`` in a real subprocess, optionally SIGKILLed at a chosen point.
 
-The kill uses the trainer's fault hook ``CSA_KILL_AT=point@step`` (``csa_lib.train._kill_point``): the
+The kill uses the trainer's fault hook ``CSA_KILL_AT=point@step`` (``csa_lib.runfiles.kill_point``): the
 process sends SIGKILL to itself at exactly that point (inside a checkpoint save, between two renames,
 ...), which a test could not hit reliably by polling files from outside. The process dies as it would
 under ``kill -9``: no ``finally`` blocks, no flushing, open files and locks dropped by the kernel.
