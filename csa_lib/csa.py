@@ -50,17 +50,21 @@ kernel (numba on CPU, Triton on CUDA) with a hand-written reverse recurrence for
 everything else is one streaming pass over F per kernel, the images of a batch in parallel and a
 single image split over the threads by channels (see :mod:`csa_lib._csa_kernels`). With neither numba
 nor Triton the chain runs as T small torch ops per step (correct but slow, slower still under autograd).
+Which back-end runs, on how many threads, with which scratch memory, and the fall-back when a Triton
+kernel fails at its first launch: :mod:`csa_lib._csa_backend` (nothing there changes a number).
 """
 from __future__ import annotations
 
-import os
-import threading
-import time
-import warnings
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
+
+from . import _csa_backend as backend
+from ._csa_backend import available_chains  # public here: csa.available_chains
+
+# Old names of two back-end helpers, still read by benchmarks/bench_csa.py and benchmarks/gpu_check.py.
+_cores_busy, _pick_chain = backend.cores_busy, backend.pick_chain
 
 __all__ = ["CoherentSemanticAttention", "CSAAttention", "csa_reference", "available_chains",
            "NORM_EPS", "GUARD_EPS"]
@@ -289,25 +293,6 @@ def _search(Fc: Tensor, holeflat: Tensor, order: Tensor, paper: bool):
     return source, q, k
 
 
-_SCRATCH = threading.local()
-
-
-def _workspace(name: str, shape: tuple, dtype: torch.dtype) -> Tensor:
-    """A per-thread scratch CPU tensor for the numba kernels' temporaries (never returned nor saved):
-    reused across calls, grown when too small. Fresh multi-MB allocations cost page faults that
-    took longer than the kernels themselves (3-4 ms per call at B = 1)."""
-    key = (name, dtype)
-    numel = 1
-    for n in shape:
-        numel *= n
-    buf = getattr(_SCRATCH, "bufs", None)
-    if buf is None:
-        buf = _SCRATCH.bufs = {}
-    if key not in buf or buf[key].numel() < numel:
-        buf[key] = torch.empty(numel, dtype=dtype)
-    return buf[key][:numel].view(shape)
-
-
 def _scores(q: Tensor, k: Tensor, paper: bool):
     """g = q / (||q|| + eps) [B,T,C] and s = D_max(p_t, c(p_t)) [B,T] from q, k [B,T,C] (torch ops)."""
     q_inv = 1.0 / (q.norm(dim=-1) + NORM_EPS)
@@ -354,9 +339,9 @@ def _rows(source: Tensor, a: Tensor, b: Tensor, count: Tensor, N: int, chain: st
     """Dense attention rows w_t [B,T,N] by the recurrence w_t = a_t w_{t-1} + b_t e_{c(p_t)}."""
     B, T = source.shape
     if chain == "numba":
-        _numba_threads(B)
+        backend.numba_threads(B)
         rows = a.new_zeros(B, T, N)
-        _kernels().attention_rows(_np(source), _np(a), _np(b), _np(count), rows.numpy())
+        backend.kernels().attention_rows(_np(source), _np(a), _np(b), _np(count), rows.numpy())
         return rows
     rows = a.new_zeros(B, T, N)
     w = a.new_zeros(B, N)
@@ -423,9 +408,9 @@ class _NumbaCSA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, holeflat, paper):
-        kern = _kernels()
+        kern = backend.kernels()
         B, C, H, W = x.shape
-        S = _numba_threads(B)
+        S = backend.numba_threads(B)
         Fc = x.detach().reshape(B, C, H * W).contiguous()
         F, hole = Fc.numpy(), holeflat.contiguous().numpy()
         count, T, K = kern.hole_counts(hole)
@@ -434,13 +419,13 @@ class _NumbaCSA(torch.autograd.Function):
         rows = (B, T, kern.row_stride(C, x.element_size()))  # step rows, padded (see _csa_kernels)
         order, kidx, kcount = (torch.empty(*shape, dtype=torch.long) for shape in ((B, T), (B, K), (B,)))
         q = torch.empty(rows, dtype=x.dtype)                # hole features f_{p_t}, raster order
-        Fk = _workspace("Fk", (B, C, K), x.dtype)           # known columns, compacted
-        inv = _workspace("inv", (B, K), x.dtype)            # their 1 / (||f|| + eps)
+        Fk = backend.workspace("Fk", (B, C, K), x.dtype)           # known columns, compacted
+        inv = backend.workspace("inv", (B, K), x.dtype)            # their 1 / (||f|| + eps)
         y = torch.empty_like(Fc)
         kern.search_inputs(F, hole, count.numpy(), NORM_EPS, S, order.numpy(), q.numpy(), Fk.numpy(),
                            kidx.numpy(), inv.numpy(), kcount.numpy(), y.numpy(),
-                           _workspace("acc", (B, S, H * W), torch.float64).numpy())
-        sim = torch.bmm(q[:, :, :C], Fk, out=_workspace("sim", (B, T, K), x.dtype))  # <f_p, f_q>
+                           backend.workspace("acc", (B, S, H * W), torch.float64).numpy())
+        sim = torch.bmm(q[:, :, :C], Fk, out=backend.workspace("sim", (B, T, K), x.dtype))  # <f_p, f_q>
         source = torch.empty(B, T, dtype=torch.long)
         k, m = torch.empty(rows, dtype=x.dtype), torch.empty(rows, dtype=x.dtype)
         s, d, a, b = (torch.empty(B, T, dtype=x.dtype) for _ in range(4))
@@ -457,12 +442,12 @@ class _NumbaCSA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, *_):
         q, k, s, m, d, a, b, dots, count, order, source = ctx.saved_tensors
-        kern = _kernels()
+        kern = backend.kernels()
         B, C, H, W = ctx.x_shape
-        S = _numba_threads(B)
+        S = backend.numba_threads(B)
         G = gy.reshape(B, C, H * W).contiguous()
         grad = torch.empty_like(G)
-        gm, dq, dk = (_workspace(name, q.shape, q.dtype) for name in ("gm", "dq", "dk"))
+        gm, dq, dk = (backend.workspace(name, q.shape, q.dtype) for name in ("gm", "dq", "dk"))
         kern.backward(G.numpy(), order.numpy(), source.numpy(), count.numpy(), q.numpy(), k.numpy(), m.numpy(),
                       s.numpy(), d.numpy(), a.numpy(), b.numpy(), dots.numpy(), ctx.paper, NORM_EPS, GUARD_EPS, S,
                       gm.numpy(), dq.numpy(), dk.numpy(), grad.numpy())
@@ -557,16 +542,16 @@ def _np(t: Tensor):
 def _triton_chain_forward(q, k, count, paper):
     """m [B,T,C], s, d, a, b [B,T] by the Triton chain; the torch chain if Triton fails at its first launch."""
     g, s = _scores(q, k, paper)
-    tri, key = _triton(), ("forward", bool(paper), q.shape[-1], q.dtype, q.device.type)
+    tri, key = backend.triton(), ("forward", bool(paper), q.shape[-1], q.dtype, q.device.type)
     if tri is not None:
-        try:
+        def launch():
             m, d, a, b = tri.chain_forward(k, g, s, count, paper, NORM_EPS, GUARD_EPS)
-            _TRITON_LAUNCHED.add(key)
+            return m, d, a, b
+
+        ok, out = backend.first_launch("forward", key, launch)
+        if ok:
+            m, d, a, b = out
             return m, s, d, a, b
-        except Exception as err:  # a compile error (or out of resources) surfaces at the first launch
-            if key in _TRITON_LAUNCHED:
-                raise
-            _triton_failed("forward", err)
     valid = torch.arange(q.shape[1], device=q.device) < count[:, None]
     m, d, a, b = _chain_torch(*_sanitise_padding(k, g, s, valid), valid, paper)
     return m, s, d, a, b
@@ -575,17 +560,17 @@ def _triton_chain_forward(q, k, count, paper):
 def _triton_chain_backward(gm, q, k, s, m, d, a, b, count, paper):
     """dL/dq, dL/dk [B,T,C] by the Triton reverse recurrence; autograd through the torch chain if Triton
     fails at its first backward launch (or failed in this layer's forward)."""
-    tri, key = _triton(), ("backward", bool(paper), q.shape[-1], q.dtype, q.device.type)
+    tri, key = backend.triton(), ("backward", bool(paper), q.shape[-1], q.dtype, q.device.type)
     if tri is not None:
-        try:
+        def launch():
             g, _ = _scores(q, k, paper)
             gk, gg, gs = tri.chain_backward(gm, k, g, s, m, d, a, b, count, paper, NORM_EPS, GUARD_EPS)
-            _TRITON_LAUNCHED.add(key)
+            return gk, gg, gs
+
+        ok, out = backend.first_launch("backward", key, launch)
+        if ok:
+            gk, gg, gs = out
             return _score_grads(q, k, gk, gg, gs, paper)
-        except Exception as err:
-            if key in _TRITON_LAUNCHED:
-                raise
-            _triton_failed("backward", err)
     return _chain_backward_torch(gm, q, k, count, paper)
 
 
@@ -602,87 +587,6 @@ def _chain_backward_torch(gm, q, k, count, paper):
         m = _chain_torch(*_sanitise_padding(k_, g, s, valid), valid, paper)[0]
         dq, dk = torch.autograd.grad(m, (q_, k_), gm * valid[..., None])
     return dq, dk
-
-
-_KERNELS = None
-_TRITON = None
-_TRITON_LAUNCHED: set = set()  # (stage, paper, C, dtype, device type) the Triton kernels already ran for
-
-
-def _triton():
-    """Import the Triton kernels once (triton is optional): None when it is missing or broken, with one
-    warning that names the error (the layer then uses the torch chain, correct but much slower)."""
-    global _TRITON
-    if _TRITON is None:
-        try:
-            from csa_lib import _csa_triton
-            _TRITON = _csa_triton
-        except Exception as err:  # ImportError, or a triton build that fails at import time
-            _TRITON = False
-            warnings.warn(f"CSA: the Triton chain is unavailable ({type(err).__name__}: {err}); "
-                          "the torch chain is used instead (same result, much slower)", RuntimeWarning,
-                          stacklevel=2)
-    return _TRITON or None
-
-
-def _triton_failed(stage: str, err: Exception) -> None:
-    """Turn the Triton chain off for this process after it failed at its first launch, with a warning."""
-    global _TRITON
-    _TRITON = False
-    warnings.warn(f"CSA: the Triton chain failed at its first {stage} launch ({type(err).__name__}: {err}); "
-                  "falling back to the torch chain for the rest of this process", RuntimeWarning, stacklevel=3)
-
-
-def _kernels():
-    """Import the numba kernels once (numba is optional; None when it is missing)."""
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            from csa_lib import _csa_kernels
-            _KERNELS = _csa_kernels
-        except ImportError:
-            _KERNELS = False
-    return _KERNELS or None
-
-
-def _numba_threads(batch: int) -> int:
-    """Set the numba kernels' thread count and return S, the number of channel ranges each image's
-    streaming passes are split into: 1 when the batch alone fills torch's intra-op threads, more for a
-    batch smaller than the thread count (B = 1 on 2 cores: S = 2; the chain stays one thread per image).
-
-    The kernels run on torch's thread count (torch.set_num_threads governs both), except when a batch
-    smaller than it meets a busy machine (:func:`_cores_busy`): then one thread per image. A split image
-    makes every kernel wait at its barriers for the slowest thread, and with the cores taken by other
-    work that thread is often descheduled: B = 1 forward went from about 2 ms to 88 ms (issue 12). S
-    does not change with the thread count, so the S jobs of an image then run one after the other on
-    the same thread, with bit-identical results.
-    """
-    threads = torch.get_num_threads()
-    split = max(1, threads // max(batch, 1))
-    if split > 1 and _cores_busy():
-        threads = max(1, batch)
-    _kernels().use_threads(threads)
-    return split
-
-
-_BUSY = {"t": -1.0, "busy": False}
-
-
-def _cores_busy() -> bool:
-    """True when other work keeps this machine's cores busy: the 1-minute load average is at least one
-    core above the core count (this process itself accounts for at most the core count). Read at most
-    once a second. ``CSA_SPLIT_IMAGES=1`` / ``=0`` forces the answer to not busy / busy."""
-    force = os.environ.get("CSA_SPLIT_IMAGES", "")
-    if force:
-        return force.lower() in ("0", "false", "no", "off")
-    now = time.monotonic()
-    if now - _BUSY["t"] > 1.0:
-        try:
-            load = os.getloadavg()[0]
-        except (OSError, AttributeError):  # not available (Windows): assume a machine of our own
-            load = 0.0
-        _BUSY.update(t=now, busy=load >= (os.cpu_count() or 1) + 1)
-    return _BUSY["busy"]
 
 
 class _OfficialBackward(torch.autograd.Function):
@@ -746,7 +650,7 @@ class CoherentSemanticAttention(nn.Module):
             out = self.forward(x.float(), hole, return_attention, return_rows)
             return (out[0].to(x.dtype), out[1]) if isinstance(out, tuple) else out.to(x.dtype)
         paper = self.semantics == "paper"
-        chain = _pick_chain(self.chain, x)
+        chain = backend.pick_chain(self.chain, x)
         if self.backward == "autograd":
             y, att = _csa_forward(x, hole, paper, chain, return_rows)
         else:
@@ -760,26 +664,3 @@ class CoherentSemanticAttention(nn.Module):
             return y, att
         return y
 
-
-def available_chains(device: str | torch.device = "cpu") -> list[str]:
-    """The chain back-ends that can run on `device` here, slowest first (always includes "torch")."""
-    chains = ["torch"]
-    on_cpu = torch.device(device).type == "cpu"
-    if on_cpu and _kernels() is not None:
-        chains.append("numba")
-    # Triton runs on CUDA, or anywhere under its interpreter (TRITON_INTERPRET=1, used by the tests)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if (torch.device(device).type == "cuda" or (on_cpu and interpret)) and _triton() is not None:
-        chains.insert(1 if on_cpu else len(chains), "triton")   # interpreted Triton is slower than numba
-    return chains
-
-
-def _pick_chain(chain: str, x: Tensor) -> str:
-    """Resolve chain="auto" to the fastest back-end available for x's device; check explicit choices."""
-    avail = available_chains(x.device)
-    if chain == "auto":
-        return avail[-1]
-    if chain not in avail:
-        raise RuntimeError(f"CSA: chain back-end {chain!r} is not available for {x.device} "
-                           f"(available: {avail})")
-    return chain

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import csa_lib
-from csa_lib import config, csa, networks, train, viz
+from csa_lib import _csa_backend, config, csa, networks, train, viz
 from csa_lib.config import get_preset, missing_files, notebook_preset
 from csa_lib.csa import CoherentSemanticAttention
 from csa_lib.train import Trainer, cuda_speed_flags, resolve_device
@@ -174,16 +174,16 @@ def test_trainer_sets_no_process_wide_flags_and_scopes_them_to_each_step(plain_f
 
 # ---- csa: Triton import and first-launch failures ---------------------------------------------------
 def test_a_broken_triton_import_warns_once_and_names_the_error(monkeypatch):
-    monkeypatch.setattr(csa, "_TRITON", None)
+    monkeypatch.setattr(_csa_backend, "_TRITON", None)
     monkeypatch.delattr(csa_lib, "_csa_triton", raising=False)
     monkeypatch.delitem(sys.modules, "csa_lib._csa_triton", raising=False)
     for name in ("triton", "triton.language"):   # a triton build that breaks at import, not an ImportError
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     with pytest.warns(RuntimeWarning, match=r"Triton chain is unavailable \(AttributeError: .*jit"):
-        assert csa._triton() is None
+        assert _csa_backend.triton() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")                   # once: no second warning
-        assert csa._triton() is None
+        assert _csa_backend.triton() is None
         assert csa.available_chains(torch.device("cuda")) == ["torch"]
 
 
@@ -207,9 +207,9 @@ def stand_in_triton(monkeypatch):
     """A Triton kernel module the test controls, picked by chain="auto" on the CPU (no numba, interpreter
     on), with a fresh first-launch record."""
     module = types.SimpleNamespace(chain_forward=_torch_chain_forward, chain_backward=_fail)
-    monkeypatch.setattr(csa, "_TRITON", module)
-    monkeypatch.setattr(csa, "_TRITON_LAUNCHED", set())
-    monkeypatch.setattr(csa, "_kernels", lambda: None)
+    monkeypatch.setattr(_csa_backend, "_TRITON", module)
+    monkeypatch.setattr(_csa_backend, "_TRITON_LAUNCHED", set())
+    monkeypatch.setattr(_csa_backend, "kernels", lambda: None)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert csa.available_chains("cpu") == ["torch", "triton"]
     return module

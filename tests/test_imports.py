@@ -18,8 +18,8 @@ PACKAGE = Path(csa_lib.__file__).resolve().parent
 LAYERS = [
     # no package imports: settings, one-line error messages, the CSA layer's compiled kernels
     ["__init__", "config", "errors", "_csa_kernels", "_csa_triton"],
-    # low helpers: device names, run-folder files
-    ["devices", "runfiles"],
+    # low helpers: device names, run-folder files, the CSA layer's back-end plumbing
+    ["devices", "runfiles", "_csa_backend"],
     # building blocks: masks, the synthetic copy task, the attention layers, classical baselines
     ["masks", "copytask", "csa", "peers", "baselines"],
     # data, networks, torchrun plumbing, the VGG feature extractor
@@ -77,7 +77,7 @@ GRAPH = {m: _package_imports(m) for m in _modules()}
 
 def test_the_walker_sees_lazy_and_absolute_imports():
     assert "train" in GRAPH["metrics"]      # `from csa_lib.train import load_generator` inside a function
-    assert "_csa_kernels" in GRAPH["csa"]   # `from csa_lib import _csa_kernels` inside a function
+    assert "_csa_kernels" in GRAPH["_csa_backend"]  # `from csa_lib import _csa_kernels` inside a function
     assert "__init__" in GRAPH["cli"]       # `from . import __version__`
     assert "runfiles" in GRAPH["train"]
 
@@ -119,10 +119,11 @@ def test_imports_point_down_the_layers(module):
 
 def test_moved_names_stay_importable_where_they_were():
     """Run-folder I/O moved from train to runfiles, resolve_device to devices, error_line from cli to errors,
-    sha256_file from pretrained to runfiles: notebooks, tests and scripts import these names from their old
-    homes."""
+    sha256_file from pretrained to runfiles, the CSA back-end plumbing to _csa_backend: notebooks, tests and
+    scripts import these names from their old homes."""
     from csa_lib import runfiles
     from csa_lib.cli import NO_CODE, TORCH_ADVICE, error_line  # noqa: F401
+    from csa_lib.csa import available_chains  # noqa: F401
     from csa_lib.pretrained import sha256_file
     from csa_lib.train import (CKPT_DIR, LAST, LOCK_FILE, NEXT, PREV, TEMP_NAME, RunInUseError,  # noqa: F401
                                RunLock, atomic_save, checkpoint_candidates, finish_interrupted_save, first_line,

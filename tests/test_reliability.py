@@ -465,11 +465,11 @@ def test_eval_names_an_unreadable_image(tmp_path, capsys, small_run):
 # The CSA layer on a busy machine: one thread per image, the same numbers
 # --------------------------------------------------------------------------------------------------
 def test_csa_single_image_uses_one_thread_on_a_busy_machine(monkeypatch):
-    from csa_lib import csa
+    from csa_lib import _csa_backend, csa
     from csa_lib.masks import feature_mask
 
     numba = pytest.importorskip("numba")
-    if csa._kernels() is None:
+    if _csa_backend.kernels() is None:
         pytest.skip("numba kernels unavailable")
 
     torch.set_num_threads(2)
@@ -479,9 +479,9 @@ def test_csa_single_image_uses_one_thread_on_a_busy_machine(monkeypatch):
     results = {}
     for mode in ("1", "0"):  # CSA_SPLIT_IMAGES=1: an idle machine (split over 2 threads); 0: busy
         monkeypatch.setenv("CSA_SPLIT_IMAGES", mode)
-        assert csa._numba_threads(1) == 2  # S, the channel split, does not depend on the load
+        assert _csa_backend.numba_threads(1) == 2  # S, the channel split, does not depend on the load
         assert numba.get_num_threads() == (2 if mode == "1" else 1)
-        assert csa._numba_threads(8) == 1 and numba.get_num_threads() == 2  # a batch fills the threads
+        assert _csa_backend.numba_threads(8) == 1 and numba.get_num_threads() == 2  # a batch fills the threads
         x = x0.clone().requires_grad_(True)
         y = layer(x, hole)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
@@ -489,12 +489,12 @@ def test_csa_single_image_uses_one_thread_on_a_busy_machine(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(results["1"], results["0"]))
 
     monkeypatch.delenv("CSA_SPLIT_IMAGES")
-    monkeypatch.setattr(csa, "_BUSY", {"t": -1.0, "busy": False})
+    monkeypatch.setattr(_csa_backend, "_BUSY", {"t": -1.0, "busy": False})
     monkeypatch.setattr(os, "getloadavg", lambda: (os.cpu_count() + 1.5, 0.0, 0.0))
-    assert csa._cores_busy()
-    monkeypatch.setattr(csa, "_BUSY", {"t": -1.0, "busy": True})
+    assert _csa_backend.cores_busy()
+    monkeypatch.setattr(_csa_backend, "_BUSY", {"t": -1.0, "busy": True})
     monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.0, 0.0))
-    assert not csa._cores_busy()
+    assert not _csa_backend.cores_busy()
 
 
 def test_inpaint_names_the_bad_file_and_warns_on_a_whole_image_hole(tmp_path, capsys, small_run):
