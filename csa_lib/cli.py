@@ -5,8 +5,7 @@
     torchrun --standalone --nproc_per_node N -m csa_lib.cli train ...   # N GPUs (README: several GPUs)
     csa eval CHECKPOINT [--data DIR] [--masks DIR] [--range START:STOP]
     csa inpaint IMAGE MASK -o OUT.png [--checkpoint CKPT]  # or --mask center|irregular; or a folder
-    csa weights [vgg16] [inception_v3]           # fetch torchvision's weights (the one download)
-    csa weights                                  # fetch VGG16 / Inception weights via torchvision
+    csa weights [vgg16] [inception_v3]           # fetch torchvision's VGG16 / Inception weights (the one download)
     csa import-official FOLDER [--epoch E] [--image-size N] [--semantics official|paper] -o FILE
     csa demo                                     # what `make demo` runs
 

@@ -10,8 +10,45 @@ Presets
 - ``demo``:     the embedded scikit-image photos, 64 px, a few minutes on a laptop CPU. ``make demo``.
 - ``celeba64``: a CelebA folder such as ``../shared/data/celeba_10k`` (centre crop, resize to 64),
                 first 9,000 images to train, last 1,000 to evaluate, NVIDIA irregular masks.
+- ``copytask``: synthetic periodic textures with one hidden rectangle (:mod:`csa_lib.copytask`), L1 only:
+                does the attention copy from the right place? No VGG, no discriminators: cheap steps.
 - ``paper256``: the paper's setting: 256 px, full width, centre (120x120) or NVIDIA masks, the official
                 schedule (constant learning rate, then linear decay to zero).
+
+Two fields no preset changes, each read by the trainer: ``train.grad_check`` (True: a NaN/Inf gradient
+norm stops training like a NaN/Inf loss; False checks the losses only) and ``train.num_samples`` (how many
+fixed evaluation images the periodic sample grids show).
+
+Environment variables
+---------------------
+Settings that belong to the machine rather than to a run come from the environment. Every ``CSA_*``
+variable the library reads, and where:
+
+- ``CSA_SMOKE=1``: tiny sizes everywhere (tests, CI): :func:`smoke_mode`, which forces the notebook
+  profile ``smoke`` (:func:`notebook_profile`).
+- ``CSA_PROFILE``: a notebook's size profile, one of :data:`NOTEBOOK_PROFILES` (:func:`notebook_profile`).
+- ``CSA_SHARED_ROOT``: the team's data and weights beside a checkout (:data:`SHARED_ROOT`, read once at
+  import; default ``../shared``).
+- ``CSA_DATA_ROOT``: an image folder that notebooks and scripts use instead of their default
+  (``data.data_root``).
+- ``CSA_VGG_WEIGHTS``: a VGG16 weights spec (``PATH[:caffe|:torchvision]``) for ``loss.vgg_weights="auto"``
+  when torchvision's cache has none (``vgg.load_vgg16("auto")``).
+- ``CSA_INCEPTION_WEIGHTS``: an Inception-v3 state dict for FID with ``"auto"``
+  (``metrics.resolve_inception_weights``).
+- ``CSA_CPU_BF16=0|1``: overrides the detection of native bf16 on the CPU, which decides
+  ``train.amp="auto"`` there (``train.cpu_has_native_bf16``).
+- ``CSA_DIST_TIMEOUT_S``: seconds a ``torchrun`` collective waits for a silent rank (``distributed.timeout_s``;
+  default 300).
+- ``CSA_SPLIT_IMAGES=0|1``: forces the CSA layer's load heuristic (1: the machine is idle, split an image
+  over the threads; 0: busy, one thread per image) (``_csa_backend.cores_busy``).
+- ``CSA_DEBUG=1``: ``csa`` shows the traceback of an expected error instead of one line (``cli.main``).
+- ``CSA_KILL_AT=point@step``: fault injection for the reliability tests, the process SIGKILLs itself there
+  (``runfiles.kill_point``).
+
+Read but not ours: ``TRITON_INTERPRET=1`` lets the Triton chain run on the CPU (``_csa_backend``);
+``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` (set by ``torchrun``, :mod:`csa_lib.distributed`);
+``OMP_NUM_THREADS``, which ``csa`` sets (with ``NUMBA_NUM_THREADS`` and ``OMP_WAIT_POLICY``) before torch
+loads unless the user did (``cli._thread_environment``).
 """
 from __future__ import annotations
 

@@ -215,13 +215,15 @@ def lr_factor(step: int, steps: int, decay_start: int | None) -> float:
     return max(0.0, (steps - step) / (steps - decay_start))
 
 
-def make_scheduler(opt: torch.optim.Optimizer, steps: int, decay_start: int | None):
+def make_scheduler(opt: torch.optim.Optimizer, steps: int, decay_start: int | None, start: int = 0):
+    """The official schedule (:func:`lr_factor`) as a ``LambdaLR`` on ``opt``, positioned at step ``start``
+    (> 0 needs ``"initial_lr"`` in the optimiser's parameter groups: the base rate the factor scales)."""
     # A closure (a plain function) keeps the LambdaLR state free of the schedule's numbers, so a run
     # resumed with more steps follows the new preset instead of the checkpoint's.
     def factor(step: int) -> float:
         return lr_factor(step, steps, decay_start)
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start - 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,6 +475,7 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0  # training time summed over all sessions of this run
         self._writer = None
+        self._no_tensorboard = False  # the tensorboard package turned out to be missing (the preset stays as given)
         self._lock: RunLock | None = None  # held from resume() or fit() to the end of fit()
         self._last_ok: bool | None = None  # does checkpoints/last.pt load? (None: not checked yet)
         self._window = _new_window()  # sums for the next log line (saved in checkpoints: exact logs)
@@ -530,15 +533,19 @@ class Trainer:
         """Put the learning rate of the current step, under this preset's ``lr``/``steps``/``decay_start``,
         into the optimisers and schedulers (a loaded state carries the checkpoint's: without this, a
         resume with a new ``train.lr`` or ``decay_start`` would run its first step, or all of them, on the
-        old values). Unchanged settings give exactly the loaded numbers: the same product as LambdaLR's."""
+        old values). Unchanged settings leave the loaded state exactly as it is; changed ones rebuild the
+        scheduler at the current step (``LambdaLR``'s own ``last_epoch`` argument: the same product
+        ``lr * factor`` as LambdaLR's steps, and ``get_last_lr()`` reports it from the first step on)."""
         cfg = self.preset.train
-        factor = lr_factor(self.step, cfg.steps, cfg.decay_start)
+        lr = cfg.lr * lr_factor(self.step, cfg.steps, cfg.decay_start)
         for k, sched in self.sched.items():
-            sched.base_lrs = [cfg.lr for _ in sched.base_lrs]
-            for group in self.opt[k].param_groups:
+            groups = self.opt[k].param_groups
+            if (sched.base_lrs == [cfg.lr] * len(groups) and [g["initial_lr"] for g in groups] == sched.base_lrs
+                    and [g["lr"] for g in groups] == sched.get_last_lr() == [lr] * len(groups)):
+                continue  # the checkpoint's schedule is this preset's at this step
+            for group in groups:
                 group["initial_lr"] = cfg.lr
-                group["lr"] = cfg.lr * factor
-            sched._last_lr = [group["lr"] for group in self.opt[k].param_groups]
+            self.sched[k] = make_scheduler(self.opt[k], cfg.steps, cfg.decay_start, start=self.step)
 
     def save(self, path: str | Path) -> Path:
         """Write the full training state atomically to ``path``."""
@@ -731,11 +738,11 @@ class Trainer:
                     writer.add_scalar(k, v, record["step"])
 
     def _tensorboard(self):
-        if self._writer is None and self.preset.train.tensorboard:
+        if self._writer is None and self.preset.train.tensorboard and not self._no_tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
-                self.preset.train.tensorboard = False
+                self._no_tensorboard = True
                 return None
             # purge_step drops events a killed run wrote after its last checkpoint.
             self._writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step)

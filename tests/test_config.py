@@ -47,3 +47,19 @@ def test_notebook_profile_from_the_environment(monkeypatch):
     monkeypatch.setenv("CSA_PROFILE", "huge")
     with pytest.raises(ValueError, match="CSA_PROFILE='huge'"):
         notebook_profile()
+
+
+def test_every_environment_variable_the_library_reads_is_documented_in_config():
+    """config's docstring lists every ``CSA_*`` variable read anywhere in csa_lib (issue 22: one place)."""
+    import re
+    from pathlib import Path
+
+    import csa_lib
+    from csa_lib import config
+
+    package = Path(csa_lib.__file__).resolve().parent
+    read = {name for path in package.glob("*.py")
+            for name in re.findall(r"""(?:environ\.get\(|environ\[|getenv\()\s*["'](CSA_\w+)["']""", path.read_text())}
+    assert read >= {"CSA_SMOKE", "CSA_KILL_AT"}  # the pattern finds them
+    missing = sorted(name for name in read if f"``{name}" not in config.__doc__)
+    assert not missing, f"read by csa_lib but not documented in config.py's docstring: {missing}"

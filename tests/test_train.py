@@ -249,3 +249,31 @@ def test_keep_every_keeps_snapshots(tmp_path, vgg):
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
     assert names == ["step_0000002.pt", "step_0000004.pt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "step_0000002.pt")["step"] == 2
+
+
+def test_trainer_never_changes_the_preset_it_was_given(tmp_path, vgg, monkeypatch):
+    """Issue 22: without the tensorboard package the trainer remembers that itself; the preset (which goes
+    into every checkpoint) keeps ``train.tensorboard`` as given."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `from torch.utils.tensorboard import` fails
+    preset = smoke(tmp_path, **{"train.tensorboard": True})
+    before = preset.to_dict()
+    trainer = Trainer(preset, vgg=vgg, progress=False)
+    assert trainer._tensorboard() is None and trainer._tensorboard() is None
+    assert preset.to_dict() == before and trainer.state_dict()["preset"] == before
+
+
+def test_resume_with_a_new_schedule_reports_its_rate_and_keeps_an_unchanged_one_as_loaded(tmp_path, vgg):
+    """The learning rate of a resumed run follows the new preset through public scheduler API only (no
+    write to LambdaLR's private ``_last_lr``); with unchanged settings the loaded scheduler state stays."""
+    Trainer(smoke(tmp_path), vgg=vgg, progress=False).fit()  # steps 4, decay from 2: the factor is 0 at step 4
+    same = Trainer.resume(tmp_path, vgg=vgg, progress=False)
+    saved = load_checkpoint(tmp_path)["schedulers"]["G"]
+    assert same.sched["G"].state_dict() == saved
+    same.close()
+    new = Trainer.resume(tmp_path, overrides={"train.steps": 8, "train.lr": 1e-4, "train.decay_start": 6},
+                         vgg=vgg, progress=False)
+    assert new.sched["G"].get_last_lr() == [1e-4] == [g["lr"] for g in new.opt["G"].param_groups]
+    assert new.sched["G"].last_epoch == 4 and new.sched["G"].base_lrs == [1e-4]
+    new.close()
