@@ -77,8 +77,9 @@ def main(argv=None) -> int:
     reference = "identity" if "identity" in rows else None
     lines = summarize(rows, reference=reference)
     table = format_ablation(lines, reference=reference)
-    per_seed = {m: [{"psnr": float(r["psnr"][torch.isfinite(r["psnr"])].mean()) if torch.isfinite(r["psnr"]).any()
-                     else float("inf"), "l1": float(r["l1"].mean()),
+    from csa_lib.ablation import _mean_psnr
+
+    per_seed = {m: [{"psnr": _mean_psnr(r["psnr"]), "l1": float(r["l1"].mean()),
                      "active": None if r["activity"] is None else r["activity"]["changed"],
                      "has_hole_cell": None if r["activity"] is None else r["activity"]["has_hole_cell"],
                      "has_window": None if r["activity"] is None else r["activity"]["has_window"]}

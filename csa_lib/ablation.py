@@ -96,6 +96,14 @@ def ablation_row(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int
     return row
 
 
+def _mean_psnr(psnr: Tensor) -> float:
+    """Mean of per-image PSNRs; ``inf`` when every image is exact (the oracle), else the mean of the finite ones."""
+    finite = psnr[torch.isfinite(psnr)]
+    if finite.numel() == 0:
+        return float("inf") if bool((psnr == float("inf")).any()) else float("nan")
+    return float(finite.mean())
+
+
 def summarize(rows: Mapping[str, list[dict[str, Any]]], reference: str | None = None) -> list[dict[str, Any]]:
     """One line per method from per-seed rows (``{method: [row of seed 0, row of seed 1, ...]}``).
 
@@ -106,7 +114,7 @@ def summarize(rows: Mapping[str, list[dict[str, Any]]], reference: str | None = 
     """
     out = []
     for name, seed_rows in rows.items():
-        psnr = torch.tensor([float(r["psnr"][torch.isfinite(r["psnr"])].mean()) for r in seed_rows])
+        psnr = torch.tensor([_mean_psnr(r["psnr"]) for r in seed_rows])
         l1 = torch.tensor([float(r["l1"].mean()) for r in seed_rows])
         acts = [r["activity"]["changed"] for r in seed_rows if r.get("activity")]
         line = {"method": name, "seeds": len(seed_rows), "psnr": float(psnr.mean()), "l1": float(l1.mean()),
@@ -133,10 +141,12 @@ def format_ablation(lines: list[dict[str, Any]], reference: str | None = None) -
         if ln["active"] == 0:
             act = "**inactive** (not a result)"
         psnr = "inf (exact)" if math.isinf(ln["psnr"]) else f"{ln['psnr']:.2f} ± {ln['psnr_sd']:.2f}"
+        if ln["seeds"] == 1 and not math.isinf(ln["psnr"]):
+            psnr = f"{ln['psnr']:.2f}"
         cells = [ln["method"], str(ln["seeds"]), psnr, f"{ln['l1']:.2f} ± {ln['l1_sd']:.2f}", act]
         if reference:
             v = ln.get("vs_ref")
-            cells.append("-" if v is None else f"{v['mean']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}]")
+            cells.append("-" if v is None or math.isnan(v["mean"]) else f"{v['mean']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}]")
         table.append("| " + " | ".join(cells) + " |")
     return "\n".join(table)
 

@@ -41,7 +41,9 @@ PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 WEIGHTS_DIR = PACKAGED_WEIGHTS if PACKAGED_WEIGHTS.is_dir() else CHECKOUT_WEIGHTS
 
 #: name -> card file name in :data:`WEIGHTS_DIR` (the card names the weights file).
-PRETRAINED = {"celeba64": "csa_celeba64.json"}
+PRETRAINED = {"celeba64": "csa_celeba64.json",
+              # the copy task (csa_lib.copytask): CSA and its ablation twin without attention (notebook 10)
+              "copytask": "csa_copytask.json", "copytask_identity": "csa_copytask_identity.json"}
 
 
 class PretrainedError(RuntimeError):
