@@ -507,7 +507,9 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
         start, stop = rng if rng is not None else (0, 1000 if train else 32)
         seed = None if train else seed + start
         return EmbeddedDataset(data_cfg.image_size, source, n=stop - start, seed=seed, flip=flip)
-    files = _slice(_layout_files(data_cfg, split), rng)
+    # The layout functions return paths that already start with the root: make them absolute, so that the
+    # dataset's "root / file" join cannot repeat a relative root (``--data ../faces`` gave ../faces/../faces/...).
+    files = [Path(f).absolute() for f in _slice(_layout_files(data_cfg, split), rng)]
     # Training skips an unreadable file (with a warning naming it) rather than ending a long run at
     # the step that reaches it; evaluation always raises, so that scores never silently cover fewer images.
     on_error = "skip" if train and getattr(data_cfg, "skip_bad_images", True) else "raise"

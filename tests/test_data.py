@@ -258,3 +258,24 @@ def test_shared_celeba_and_nvidia_masks():
     image, mask = ev[0]
     assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
     assert torch.equal(mask, ev[0][1])
+
+
+def test_build_dataset_with_a_relative_image_folder(tmp_path, monkeypatch):
+    """``csa train --data ../faces`` (a relative folder): the files must not be joined to the root twice."""
+    from PIL import Image
+
+    from csa_lib.config import get_preset
+    from csa_lib.data import build_dataset
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for k in range(3):
+        Image.new("RGB", (40, 48), (10 * k, 20, 30)).save(faces / f"{k:06d}.jpg")
+    work = tmp_path / "repo"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = get_preset("smoke").data
+    cfg.root, cfg.skip_bad_images = "../faces", False
+    ds = build_dataset(cfg, "train")
+    image, mask = ds[0]  # raised "no readable image" / file not found before the fix
+    assert image.shape[-1] == cfg.image_size and ds.skipped == 0
