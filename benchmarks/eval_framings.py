@@ -61,13 +61,10 @@ class CentreHole(torch.utils.data.Dataset):
 
 
 def load_model(spec: str):
-    if spec.startswith("pretrained:"):
-        from csa_lib.pretrained import load_pretrained
+    """A generator in eval mode from ``pretrained:NAME`` (or a shipped name), a checkpoint file or a run folder."""
+    from csa_lib.inference import load_model as load
 
-        return load_pretrained(spec.split(":", 1)[1])
-    from csa_lib.train import load_generator
-
-    return load_generator(spec)[0].eval()
+    return load(spec.removeprefix("pretrained:")).generator
 
 
 def main(argv=None) -> int:

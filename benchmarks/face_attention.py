@@ -32,13 +32,10 @@ REGIONS = {"left eye": (24, 16), "mouth": (40, 24), "forehead": (8, 24), "cheek"
 
 
 def load_model(spec: str):
-    if spec.startswith("pretrained:"):
-        from csa_lib.pretrained import load_pretrained
+    """A generator in eval mode from ``pretrained:NAME`` (or a shipped name), a checkpoint file or a run folder."""
+    from csa_lib.inference import load_model as load
 
-        return load_pretrained(spec.split(":", 1)[1])
-    from csa_lib.train import load_generator
-
-    return load_generator(spec)[0].eval()
+    return load(spec.removeprefix("pretrained:")).generator
 
 
 def main(argv=None) -> int:
@@ -74,6 +71,7 @@ def main(argv=None) -> int:
     own = scores()
     ident = scores("identity")
     ctx1 = scores("contextual", contextual_ksize=1)
+    act_own = activity(G, images, masks, ksize=3)  # one pass; per-bin shares from its per-image booleans
     with replaced_attention(G, "contextual", contextual_ksize=1):
         act_ctx = activity(G, images, masks, ksize=1)
     lines = ["| bin | N | >= 1 hole cell | a complete 3x3 window | CSA changed the output | CSA (dB) | "
@@ -85,12 +83,15 @@ def main(argv=None) -> int:
         n = int(sel.sum())
         if n == 0:
             continue
-        # per-bin activity: recompute the hole-cell / window shares on this bin's images
-        sub = activity(G, images[sel], masks[sel], ksize=3)
-        ch_ctx = float(act_ctx["per_image_changed"][sel].float().mean())
-        r = {"n": n, "has_hole_cell": sub["has_hole_cell"], "has_window": sub["has_window"],
-             "csa_changed": sub["changed"], "csa": float(own[sel].mean()), "identity": float(ident[sel].mean()),
-             "contextual1": float(ctx1[sel].mean()), "contextual_changed": ch_ctx}
+
+        def share(key, act=act_own):
+            return float(act[key][sel].float().mean())
+
+        ch_ctx = share("per_image_changed", act_ctx)
+        r = {"n": n, "has_hole_cell": share("per_image_has_hole_cell"), "has_window": share("per_image_has_window"),
+             "csa_changed": share("per_image_changed"), "csa": float(own[sel].mean()),
+             "identity": float(ident[sel].mean()), "contextual1": float(ctx1[sel].mean()),
+             "contextual_changed": ch_ctx}
         results[b] = r
         lines.append(f"| {b} | {n} | {100 * r['has_hole_cell']:.0f} % | {100 * r['has_window']:.0f} % | "
                      f"{100 * r['csa_changed']:.0f} % | {r['csa']:.2f} | {r['identity']:.2f} "

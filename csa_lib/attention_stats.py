@@ -266,7 +266,8 @@ def activity(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int = 3
     when the layer is replaced by the identity), ``has_hole_cell`` (share with at least one hole cell
     at the attention level), ``has_window`` (share with at least one hole cell *and* one complete known
     ``ksize x ksize`` window, contextual attention's condition for doing anything), ``n`` and the
-    per-image booleans (``per_image_changed``).
+    per-image booleans (``per_image_changed``, ``per_image_has_hole_cell``, ``per_image_has_window``), so
+    that shares per subset (e.g. per hole-ratio bin) need no second pass.
     """
     device = next(generator.parameters()).device
     was_training = generator.training
@@ -290,7 +291,8 @@ def activity(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int = 3
     changed_t, hole_t, window_t = (torch.cat(v).cpu() for v in (changed, has_hole, has_window))
     n = int(changed_t.numel())
     return {"n": n, "changed": float(changed_t.float().mean()), "has_hole_cell": float(hole_t.float().mean()),
-            "has_window": float(window_t.float().mean()), "per_image_changed": changed_t}
+            "has_window": float(window_t.float().mean()), "per_image_changed": changed_t,
+            "per_image_has_hole_cell": hole_t, "per_image_has_window": window_t}
 
 
 def feature_cosine_by_distance(features: Tensor, hole: Tensor, max_distance: int | None = None) -> dict[int, float]:

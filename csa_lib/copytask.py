@@ -162,22 +162,18 @@ class CopyTask(Dataset):
         mask[:, top:top + h, left:left + w] = 1.0
         return image, mask
 
-
-def _twin_image(self, it: CopyItem, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """A mosaic of random colour blocks in which the hole and its ring repeat the source and its ring."""
-    S, r = self.image_size, self.ring
-    (top, left, h, w), (dy, dx) = it.hole, it.offset
-    image = _blocks(g, S, self.block)
-    # target rows/cols of the grown rectangle, clipped so that both the target and its source lie inside
-    y0, y1 = max(top - r, -dy, 0), min(top + h + r, S - dy, S)
-    x0, x1 = max(left - r, -dx, 0), min(left + w + r, S - dx, S)
-    image[:, y0:y1, x0:x1] = image[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx].clone()
-    mask = torch.zeros(1, S, S)
-    mask[:, top:top + h, left:left + w] = 1.0
-    return image, mask
-
-
-CopyTask._twin_image = _twin_image
+    def _twin_image(self, it: CopyItem, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A mosaic of random colour blocks in which the hole and its ring repeat the source and its ring."""
+        S, r = self.image_size, self.ring
+        (top, left, h, w), (dy, dx) = it.hole, it.offset
+        image = _blocks(g, S, self.block)
+        # target rows/cols of the grown rectangle, clipped so that both the target and its source lie inside
+        y0, y1 = max(top - r, -dy, 0), min(top + h + r, S - dy, S)
+        x0, x1 = max(left - r, -dx, 0), min(left + w + r, S - dx, S)
+        image[:, y0:y1, x0:x1] = image[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx].clone()
+        mask = torch.zeros(1, S, S)
+        mask[:, top:top + h, left:left + w] = 1.0
+        return image, mask
 
 
 def _blocks(g: torch.Generator, size: int, block: int) -> Tensor:
