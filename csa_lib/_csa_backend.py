@@ -7,17 +7,19 @@ with which scratch memory. Nothing here changes a number the layer computes.
   of resources) turns Triton off for the process, with one warning, and the caller falls back to the torch
   chain; a failure after a successful launch is raised;
 - :func:`available_chains`, :func:`pick_chain`: the back-ends that can run on a device, and ``"auto"``;
-- :func:`numba_threads`, :func:`cores_busy`: the numba kernels' thread count, one thread per image when
-  the load average says the cores are taken (``CSA_SPLIT_IMAGES`` overrides the heuristic);
+- :func:`numba_threads`, :func:`torch_threads`, :func:`cores_busy`: the numba kernels' and the torch ops'
+  thread counts, one thread per image when the load average says the cores are taken
+  (``CSA_SPLIT_IMAGES`` overrides the heuristic);
 - :func:`workspace`: per-thread scratch buffers reused across calls.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -131,6 +133,24 @@ def numba_threads(batch: int) -> int:
         threads = max(1, batch)
     kernels().use_threads(threads)
     return split
+
+
+@contextlib.contextmanager
+def torch_threads(batch: int) -> Iterator[None]:
+    """Run the torch ops inside (the similarity matmul, copies) on one thread when a batch smaller than
+    torch's thread count meets a busy machine (:func:`cores_busy`), as :func:`numba_threads` does for the
+    kernels; restore the thread count after. On two busy cores a two-thread matmul waits at its barrier
+    for a thread the scheduler has parked: one time slice (tens of ms) for a 2 ms layer (issue 20 §5).
+    Nothing changes when the machine is quiet or the batch fills the threads, and no number changes."""
+    threads = torch.get_num_threads()
+    if threads <= max(batch, 1) or not cores_busy():
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 _BUSY = {"t": -1.0, "busy": False}

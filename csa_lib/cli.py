@@ -165,6 +165,7 @@ def cmd_train(args) -> int:
                 apply_override(preset, key, value)
             trainer = Trainer(preset, progress=not args.quiet)
         if main:
+            print(_start_line(trainer))
             _warn_if_masks_empty(trainer.preset.data)
         result = trainer.fit()
         trainer.close()
@@ -205,6 +206,19 @@ def _warn_if_masks_empty(data_cfg, sample: int = 64) -> None:
     which = f"all {len(folder)}" if len(picked) == len(folder) else f"{len(picked)} (spread over {len(folder)})"
     print(f"csa: warning: {which} masks checked in {data_cfg.mask_dir} have no hole (no pixel > 127; white = "
           "hole): the network would learn to fill nothing", file=sys.stderr)
+
+
+def _start_line(trainer) -> str:
+    """One line before the progress bar: preset, device, and the processes sharing the batch (a torchrun
+    run says so: world size, backend, per-rank batch)."""
+    from . import distributed
+
+    p = distributed.describe(trainer.preset.train.batch_size)
+    procs = (f"{p['world_size']} processes ({p['backend']}), batch {trainer.preset.train.batch_size} = "
+             f"{p['per_rank_batch']} per rank" if p["world_size"] > 1
+             else f"1 process, batch {trainer.preset.train.batch_size}")
+    return (f"training {trainer.preset.name} on {trainer.device}: {procs}, steps {trainer.step} -> "
+            f"{trainer.preset.train.steps}, run folder {trainer.out_dir}")
 
 
 def _train_summary(trainer, result: dict[str, Any], vgg_note: bool = True) -> str:

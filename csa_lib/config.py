@@ -100,7 +100,8 @@ class DataConfig:
     augment_scale: float = 0.0
     augment_colour: float = 0.0
     copy_block: int = 4  # layout "copytask": side of one colour block in pixels (divides the 8-px cell)
-    copy_kind: str = "periodic"  # layout "copytask": "periodic" | "twin" (csa_lib.copytask.KINDS)
+    copy_kind: str = "periodic"  # layout "copytask": "periodic" | "twin" | "lattice" (csa_lib.copytask.KINDS)
+    copy_periods: tuple[int, ...] | None = None  # layout "copytask": periods in px (None = copytask.DEFAULT_PERIODS)
     num_workers: int = 0
     skip_bad_images: bool = True  # training: skip an unreadable image with a warning (False = stop with an error)
     eval_seed: int = 1234  # fixed evaluation masks come from this seed

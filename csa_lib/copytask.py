@@ -42,7 +42,10 @@ DEFAULT_PERIODS = (16, 24, 32, 40)
 DEFAULT_HOLE_CELLS = (2, 3)
 #: ``"periodic"``: a periodic texture (every whole-period shift is a copy); ``"twin"``: a random mosaic in which
 #: the hole and a ring around it repeat one other rectangle and its ring (one copy, anywhere).
-KINDS = ("periodic", "twin")
+#: ``"lattice"``: a periodic texture on a random sheared lattice, periods ``(P_y, s)`` and ``(0, P_x)`` with a
+#: shear ``s`` (a multiple of 8 below ``P_x``): the copy's direction varies from image to image, not only its
+#: distance, so a convolution cannot learn a few fixed shifts.
+KINDS = ("periodic", "twin", "lattice")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class CopyItem:
     period: tuple[int, int]  # (P_y, P_x)
     hole: tuple[int, int, int, int]  # (top, left, height, width), multiples of CELL
     offset: tuple[int, int]  # (dy, dx) from a hole pixel to its visible copy
+    shear: int = 0  # kind "lattice": the second period vector is (P_y, shear); 0 = a rectangular lattice
 
 
 class CopyTask(Dataset):
@@ -111,12 +115,13 @@ class CopyTask(Dataset):
             return self._draw_twin(g), g
         for _ in range(1000):  # rejection: a hole whose copy lies fully inside the image (almost always 1 try)
             period = (self._pick(self.periods, g), self._pick(self.periods, g))
+            shear = int(torch.randint(period[1] // c, (), generator=g)) * c if self.kind == "lattice" else 0
             h, w = self._pick(self.hole_cells, g) * c, self._pick(self.hole_cells, g) * c
             top = int(torch.randint(0, (S - h) // c + 1, (), generator=g)) * c
             left = int(torch.randint(0, (S - w) // c + 1, (), generator=g)) * c
-            offset = _nearest_copy(period, (top, left, h, w), S)
+            offset = _nearest_copy(period, (top, left, h, w), S, shear)
             if offset is not None:
-                return CopyItem(period, (top, left, h, w), offset), g
+                return CopyItem(period, (top, left, h, w), offset, shear), g
         raise RuntimeError(f"CopyTask item {i}: no hole with a visible copy after 1000 draws")  # not reached
 
     def _cell_rect(self, g: torch.Generator) -> tuple[int, int, int, int]:
@@ -156,8 +161,10 @@ class CopyTask(Dataset):
         (py, px), (top, left, h, w) = it.period, it.hole
         tile = torch.rand(3, py // b, px // b, generator=g) * 2 - 1  # independent colours in [-1, 1]
         tile = tile.repeat_interleave(b, dim=1).repeat_interleave(b, dim=2)  # [3, P_y, P_x]
-        reps = (S // py + 2, S // px + 2)
-        image = tile.repeat(1, *reps)[:, :S, :S].contiguous()
+        # image[y, x] = tile[y mod P_y, (x - shear * (y // P_y)) mod P_x]: periods (0, P_x) and (P_y, shear)
+        y = torch.arange(S)[:, None]
+        x = torch.arange(S)[None, :]
+        image = tile[:, y % py, (x - it.shear * (y // py)) % px].contiguous()
         mask = torch.zeros(1, S, S)
         mask[:, top:top + h, left:left + w] = 1.0
         return image, mask
@@ -182,22 +189,31 @@ def _blocks(g: torch.Generator, size: int, block: int) -> Tensor:
     return colours.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)
 
 
-def _nearest_copy(period: tuple[int, int], hole: tuple[int, int, int, int], size: int) -> tuple[int, int] | None:
-    """The shortest whole-period shift ``(k P_y, l P_x)`` that moves the hole rectangle fully inside the
-    image and off itself, or None. Ties: the first in the scan order (smaller ``|dy| + |dx|``, then dy, dx)."""
-    (py, px), (top, left, h, w) = period, hole
-    best = None
+def _lattice_shifts(period: tuple[int, int], size: int, shear: int = 0):
+    """Every lattice vector ``k (P_y, shear) + l (0, P_x)`` with both components inside ``(-size, size)``."""
+    py, px = period
     for k in range(-(size // py), size // py + 1):
-        for l in range(-(size // px), size // px + 1):
-            dy, dx = k * py, l * px
-            if (dy, dx) == (0, 0):
-                continue
-            inside = 0 <= top + dy and top + dy + h <= size and 0 <= left + dx and left + dx + w <= size
-            disjoint = abs(dy) >= h or abs(dx) >= w
-            if inside and disjoint:
-                key = (abs(dy) + abs(dx), dy, dx)
-                if best is None or key < best[0]:
-                    best = (key, (dy, dx))
+        for l in range(-(size // px) - abs(k) * shear // px - 1, size // px + abs(k) * shear // px + 2):
+            dy, dx = k * py, k * shear + l * px
+            if abs(dy) < size and abs(dx) < size:
+                yield dy, dx
+
+
+def _nearest_copy(period: tuple[int, int], hole: tuple[int, int, int, int], size: int,
+                  shear: int = 0) -> tuple[int, int] | None:
+    """The shortest lattice shift ``k (P_y, shear) + l (0, P_x)`` that moves the hole rectangle fully inside
+    the image and off itself, or None. Ties: the first in the scan order (smaller ``|dy| + |dx|``, then dy, dx)."""
+    top, left, h, w = hole
+    best = None
+    for dy, dx in _lattice_shifts(period, size, shear):
+        if (dy, dx) == (0, 0):
+            continue
+        inside = 0 <= top + dy and top + dy + h <= size and 0 <= left + dx and left + dx + w <= size
+        disjoint = abs(dy) >= h or abs(dx) >= w
+        if inside and disjoint:
+            key = (abs(dy) + abs(dx), dy, dx)
+            if best is None or key < best[0]:
+                best = (key, (dy, dx))
     return None if best is None else best[1]
 
 
@@ -232,16 +248,16 @@ def copies_of_cell(dataset: CopyTask, i: int, cell: int) -> Tensor:
     whole-period shifts of it that land on a known cell. The attention measurement counts any of them
     as the true source."""
     it = dataset.item(i)
-    (py, px), (top, left, h, w) = it.period, it.hole
+    top, left, h, w = it.hole
     W = H = dataset.image_size // CELL
     y, x = divmod(int(cell), W)
     if dataset.kind == "twin":  # one copy: the source rectangle
         dy, dx = it.offset
         return torch.tensor([(y + dy // CELL) * W + x + dx // CELL], dtype=torch.long)
     out = []
-    for yy in range(y % (py // CELL), H, py // CELL):
-        for xx in range(x % (px // CELL), W, px // CELL):
-            in_hole = top // CELL <= yy < (top + h) // CELL and left // CELL <= xx < (left + w) // CELL
-            if not in_hole:
-                out.append(yy * W + xx)
-    return torch.tensor(out, dtype=torch.long)
+    for dy, dx in _lattice_shifts(it.period, dataset.image_size, it.shear):
+        yy, xx = y + dy // CELL, x + dx // CELL
+        in_hole = top // CELL <= yy < (top + h) // CELL and left // CELL <= xx < (left + w) // CELL
+        if 0 <= yy < H and 0 <= xx < W and not in_hole:
+            out.append(yy * W + xx)
+    return torch.tensor(sorted(out), dtype=torch.long)

@@ -408,9 +408,14 @@ class _NumbaCSA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, holeflat, paper):
+        S = backend.numba_threads(x.shape[0])  # first: numba's thread call can reset torch's count
+        with backend.torch_threads(x.shape[0]):  # one thread per image on a busy machine
+            return _NumbaCSA._forward(ctx, x, holeflat, paper, S)
+
+    @staticmethod
+    def _forward(ctx, x, holeflat, paper, S):
         kern = backend.kernels()
         B, C, H, W = x.shape
-        S = backend.numba_threads(B)
         Fc = x.detach().reshape(B, C, H * W).contiguous()
         F, hole = Fc.numpy(), holeflat.contiguous().numpy()
         count, T, K = kern.hole_counts(hole)
@@ -441,10 +446,15 @@ class _NumbaCSA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, *_):
+        S = backend.numba_threads(ctx.x_shape[0])
+        with backend.torch_threads(ctx.x_shape[0]):
+            return _NumbaCSA._backward(ctx, gy, S)
+
+    @staticmethod
+    def _backward(ctx, gy, S):
         q, k, s, m, d, a, b, dots, count, order, source = ctx.saved_tensors
         kern = backend.kernels()
         B, C, H, W = ctx.x_shape
-        S = backend.numba_threads(B)
         G = gy.reshape(B, C, H * W).contiguous()
         grad = torch.empty_like(G)
         gm, dq, dk = (backend.workspace(name, q.shape, q.dtype) for name in ("gm", "dq", "dk"))

@@ -502,7 +502,8 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
     if data_cfg.layout == "copytask":  # synthetic: training items from seed 0, evaluation from eval_seed
         start, stop = rng if rng is not None else ((0, 200_000) if train else (0, 256))
         return CopyTask(stop - start, data_cfg.image_size, seed=0 if train else data_cfg.eval_seed,
-                        block=data_cfg.copy_block, kind=data_cfg.copy_kind)
+                        block=data_cfg.copy_block, kind=data_cfg.copy_kind,
+                        periods=data_cfg.copy_periods)
     if data_cfg.root is None:
         start, stop = rng if rng is not None else (0, 1000 if train else 32)
         seed = None if train else seed + start

@@ -66,6 +66,14 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) if active() else 0
 
 
+def describe(global_batch_size: int) -> dict:
+    """What a run records about its processes (start line, every log line, the checkpoint):
+    ``{"world_size", "backend", "per_rank_batch"}``; a plain run is ``{1, "none", global batch}``."""
+    world = world_size()
+    return {"world_size": world, "backend": dist.get_backend() if active() else "none",
+            "per_rank_batch": per_rank_batch(global_batch_size, world)}
+
+
 def is_main() -> bool:
     """True on rank 0 (and in a single process): the one process that writes files."""
     return rank() == 0

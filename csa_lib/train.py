@@ -493,6 +493,7 @@ class Trainer:
                         "batch_size": self.preset.train.batch_size, "dataset_len": len(self.train_set),
                         "world_size": self.world},
             "step": self.step, "elapsed_s": self.elapsed_s,
+            "processes": distributed.describe(self.preset.train.batch_size),  # world size, backend, per-rank batch
             # The partial sums of the next log line: a resumed run logs the same averages.
             "log_window": {k: self._window[k] for k in ("steps", "images", "sums")},
             "preset": self.preset.to_dict(),
@@ -844,7 +845,8 @@ class Trainer:
         now = time.perf_counter()
         record = {"step": self.step, **{k: v / window["steps"] for k, v in window["sums"].items()},
                   "images_per_s": window["images"] / max(now - window["t"], 1e-9),
-                  "elapsed_s": self.elapsed_s + now - start}
+                  "elapsed_s": self.elapsed_s + now - start,
+                  **distributed.describe(self.preset.train.batch_size)}
         self._log(record)
         window.update(t=now, steps=0, images=0, sums={})
         return record

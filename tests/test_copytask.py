@@ -108,3 +108,28 @@ def test_twin_kind_has_one_copy_with_the_same_ring():
         assert all(len(copies_of_cell(ds, i, p)) == 1 for p in hole.tolist())
     with pytest.raises(ValueError, match="kind"):
         CopyTask(3, 64, kind="spiral")
+
+
+def test_lattice_kind_copies_along_a_sheared_period():
+    """kind="lattice": periods (0, P_x) and (P_y, shear); every listed copy of a hole cell holds its colour,
+    the oracle is exact, and the offsets are not only horizontal or vertical (what a few fixed
+    convolution shifts could learn)."""
+    ds = CopyTask(60, 64, seed=5, block=8, kind="lattice", periods=(16, 24, 32, 40, 48))
+    diagonal = 0
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        it = ds.item(i)
+        assert 0 <= it.shear < it.period[1] and it.shear % 8 == 0
+        py, px = it.period
+        assert torch.equal(image[:, py:, it.shear:], image[:, :-py, :64 - it.shear])  # the sheared period
+        assert torch.equal(oracle_fill(ds, i), image)
+        cells = image[:, ::8, ::8].reshape(3, -1)
+        hole, _ = copy_source_cells(ds, i)
+        for cell in hole.tolist():
+            copies = copies_of_cell(ds, i, cell)
+            assert len(copies) and all(torch.equal(cells[:, c], cells[:, cell]) for c in copies.tolist())
+        diagonal += all(it.offset)
+    assert diagonal >= 5
+    assert CopyTask(4, 64, seed=5, kind="periodic")[0][0].shape == (3, 64, 64)
+    assert build_dataset(get_preset("copytask", **{"data.copy_kind": "lattice", "data.copy_periods": (16, 32)}).data,
+                         "eval").kind == "lattice"

@@ -33,6 +33,7 @@ TRAIN = ["train", "--preset", "smoke", "--device", "cpu", "--amp", "off", "-q",
          "--set", "train.batch_size=4", "--set", "train.decay_start=none", "--set", "train.ckpt_every=1",
          "--set", "train.log_every=1", "--set", "train.tensorboard=false"]
 TIME_KEYS = ("images_per_s", "elapsed_s")
+PROCESS_KEYS = ("world_size", "backend", "per_rank_batch")  # say how the run was launched: differ by design
 
 # Launched by torchrun on every rank: `csa train ARGS`, with test-only switches from the environment.
 WORKER = textwrap.dedent("""
@@ -73,7 +74,7 @@ def torchrun(args, tmp: Path, timeout=600, **extra) -> subprocess.CompletedProce
 
 
 def losses_of(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in read_log(run / "log.jsonl")]
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS + PROCESS_KEYS} for r in read_log(run / "log.jsonl")]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,7 @@ def two_ranks(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("two_ranks")
     done = torchrun([*TRAIN, "--steps", str(STEPS)], base, T_OUT_PER_RANK=str(base))
     assert done.returncode == 0, done.stdout[-3000:]
+    (base / "stdout.txt").write_text(done.stdout)  # beside the rank folders (test_only_rank_0 lists rank0)
     return base
 
 
@@ -169,6 +171,21 @@ def test_only_rank_0_writes_files(two_ranks, one_process):
     files = {p.relative_to(two_ranks / "rank0") for p in (two_ranks / "rank0").rglob("*")}
     assert files == {p.relative_to(one_process) for p in one_process.rglob("*")}
     assert load_checkpoint(two_ranks / "rank0")["sampler"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_torchrun_run_says_it_is_distributed(two_ranks, one_process, capsys):
+    """World size, backend and per-rank batch: in the start line, in every log line and in the checkpoint;
+    a plain run says 1 process, backend "none", the whole batch."""
+    out = (two_ranks / "stdout.txt").read_text()
+    assert "2 processes (gloo), batch 4 = 2 per rank" in out, out[-2000:]
+    assert out.count("training smoke on cpu") == 1  # rank 0 alone prints it
+    want = {"world_size": 2, "backend": "gloo", "per_rank_batch": 2}
+    assert all({k: r[k] for k in want} == want for r in read_log(two_ranks / "rank0" / "log.jsonl"))
+    assert load_checkpoint(two_ranks / "rank0")["processes"] == want
+    plain = {"world_size": 1, "backend": "none", "per_rank_batch": 4}
+    assert all({k: r[k] for k in plain} == plain for r in read_log(one_process / "log.jsonl"))
+    assert load_checkpoint(one_process)["processes"] == plain
 
 
 @pytest.mark.slow

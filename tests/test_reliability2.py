@@ -541,3 +541,43 @@ def test_torch_load_advice_to_drop_weights_only_is_not_passed_on(tmp_path, capsy
         assert "evil.pt" in line and "never unpickled" in line and "posix.mkdir" in line
         assert "False" not in line and "Re-running" not in line and "weights_only` set" not in line
     assert not marker.exists()
+
+
+# ---- §5: the layer on a busy machine ----------------------------------------------------------------
+def test_the_layer_runs_its_torch_ops_on_one_thread_when_a_small_batch_meets_busy_cores(monkeypatch):
+    """A two-thread matmul inside the layer waits for a parked thread on busy cores (a time slice for a
+    2 ms layer): with B = 1 and the cores taken, the layer's torch ops run on one thread, forward and
+    backward, and the caller's thread count is restored; quiet machine or a full batch: untouched."""
+    pytest.importorskip("numba")
+    from csa_lib import _csa_backend
+    from csa_lib.csa import CoherentSemanticAttention
+    from csa_lib.masks import center_mask, feature_mask
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        real_bmm, real_empty_like = torch.bmm, torch.empty_like
+        monkeypatch.setattr(torch, "bmm", lambda *a, **k: seen.append(("fwd", torch.get_num_threads()))
+                            or real_bmm(*a, **k))
+        layer = CoherentSemanticAttention("official", chain="numba")
+        hole = feature_mask(center_mask(64, 24)[None].float())
+        for mode, batch, want in (("0", 1, 1), ("1", 1, 2), ("0", 2, 2)):
+            monkeypatch.setenv("CSA_SPLIT_IMAGES", mode)  # "0": the cores are busy
+            seen.clear()
+            x = torch.randn(batch, 16, 8, 8, requires_grad=True)
+            monkeypatch.setattr(torch, "empty_like", lambda *a, **k: seen.append(("any", torch.get_num_threads()))
+                                or real_empty_like(*a, **k))
+            y = layer(x, hole.expand(batch, -1, -1, -1))
+            y.backward(torch.ones_like(y))
+            monkeypatch.setattr(torch, "empty_like", real_empty_like)
+            assert seen and all(n == want for _, n in seen), (mode, batch, seen)
+            assert torch.get_num_threads() == 2  # restored after forward and backward
+        monkeypatch.setenv("CSA_SPLIT_IMAGES", "0")
+        with pytest.raises(KeyError):  # an error inside still gives the caller its threads back
+            with _csa_backend.torch_threads(1):
+                assert torch.get_num_threads() == 1
+                raise KeyError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
