@@ -48,7 +48,7 @@ def test_notebook_teaches_and_starts_with_setup(path: Path):
 # --------------------------------------------------------------------------------------------------
 #: (notebook, rule) pairs not yet met, owned by other work in progress (issue 23: 07 and 09 are being
 #: rewritten by others). Strict: once a notebook meets the rule its entry must go.
-PENDING: set = {("09_inpaint_your_own_photo.ipynb", "predict")}
+PENDING: set = set()
 
 
 def _cases(rule: str) -> list:
