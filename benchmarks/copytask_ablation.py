@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from csa_lib.ablation import (ablation_row, baseline_fills, copytask_batch, format_ablation, generator_fill,
-                                  hole_scores, summarize)
+                                  hole_scores, mean_psnr, summarize)
     from csa_lib.attention_stats import format_statistics, measure_attention
     from csa_lib.copytask import CopyTask
     from csa_lib.viz import inpainting_grid
@@ -77,9 +77,7 @@ def main(argv=None) -> int:
     reference = "identity" if "identity" in rows else None
     lines = summarize(rows, reference=reference)
     table = format_ablation(lines, reference=reference)
-    from csa_lib.ablation import _mean_psnr
-
-    per_seed = {m: [{"psnr": _mean_psnr(r["psnr"]), "l1": float(r["l1"].mean()),
+    per_seed = {m: [{"psnr": mean_psnr(r["psnr"]), "l1": float(r["l1"].mean()),
                      "active": None if r["activity"] is None else r["activity"]["changed"],
                      "has_hole_cell": None if r["activity"] is None else r["activity"]["has_hole_cell"],
                      "has_window": None if r["activity"] is None else r["activity"]["has_window"]}

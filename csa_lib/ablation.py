@@ -96,7 +96,7 @@ def ablation_row(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int
     return row
 
 
-def _mean_psnr(psnr: Tensor) -> float:
+def mean_psnr(psnr: Tensor) -> float:
     """Mean of per-image PSNRs; ``inf`` when every image is exact (the oracle), else the mean of the finite ones."""
     finite = psnr[torch.isfinite(psnr)]
     if finite.numel() == 0:
@@ -114,7 +114,7 @@ def summarize(rows: Mapping[str, list[dict[str, Any]]], reference: str | None = 
     """
     out = []
     for name, seed_rows in rows.items():
-        psnr = torch.tensor([_mean_psnr(r["psnr"]) for r in seed_rows])
+        psnr = torch.tensor([mean_psnr(r["psnr"]) for r in seed_rows])
         l1 = torch.tensor([float(r["l1"].mean()) for r in seed_rows])
         acts = [r["activity"]["changed"] for r in seed_rows if r.get("activity")]
         line = {"method": name, "seeds": len(seed_rows), "psnr": float(psnr.mean()), "l1": float(l1.mean()),
