@@ -4,6 +4,8 @@ A statement such as "the masked eye copies the other eye" is only worth somethin
 could have shown the opposite. Everything here works on the attention level's grid (``h x w`` cells,
 1/8 of the image) with flat raster indices ``y * w + x``, ``-1`` = no source:
 
+- :func:`run_with_attention_input`: run a generator and catch its attention record and what its
+  attention layer saw (the features and the feature hole).
 - :func:`layer_sources`: the source a layer chose for every hole cell (CSA's argmax ``c(p)``,
   contextual attention's most-weighted source, Shift-Net's nearest neighbour; ``-1`` for identity).
 - :func:`nearest_known_sources`: the trivial rule "copy the nearest known cell" (a control).
@@ -21,7 +23,9 @@ could have shown the opposite. Everything here works on the attention level's gr
 - :func:`feature_cosine_by_distance`: how similar the features of two known cells are as a function of
   their distance: smooth features make "copy a neighbour" the argmax, whatever the image.
 
-Nothing here trains; every function runs under ``torch.no_grad``.
+Nothing here trains; every function runs under ``torch.no_grad``. Reading one attention record
+(sources, offsets, rows, the chain's balance) is :mod:`csa_lib.attention_maps`; drawing it is
+:mod:`csa_lib.viz`.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from torch import Tensor, nn
 from .networks import build_models, make_attention
 from .peers import attention_argmax, valid_sources
 
-__all__ = ["attention_layer", "replaced_attention", "layer_sources", "nearest_known_sources",
+__all__ = ["attention_layer", "replaced_attention", "run_with_attention_input", "layer_sources", "nearest_known_sources",
            "source_statistics", "measure_attention", "activity", "feature_cosine_by_distance",
            "mirror_sources", "format_statistics"]
 
@@ -67,6 +71,32 @@ def replaced_attention(generator: nn.Module, kind: str = "identity", **kwargs) -
         yield level.attention
     finally:
         level.attention = old
+
+
+@torch.no_grad()
+def run_with_attention_input(generator: nn.Module, image: Tensor, mask: Tensor):
+    """Run a ``CSAInpainter`` and also catch what its attention layer saw.
+
+    ``image [B,3,H,W]`` in [-1,1] and ``mask [B,1,H,W]`` (1 = hole) may be on any device: they are moved to
+    the generator's. Returns ``(out, features, hole)`` on that device: the ``InpaintOutput`` (with
+    ``.attention``), the features entering the attention layer ``[B, 8C, h, w]`` (signed, before
+    InstanceNorm) and the feature hole ``bool [B, 1, h, w]``. Feeding the same ``features, hole`` to
+    another layer (e.g. ``peers.ContextualAttention``) compares the two attentions on the same input.
+    """
+    layer = attention_layer(generator)
+    seen = {}
+
+    def grab(module, args):  # forward pre-hook: args = (x, hole, ...)
+        seen["x"], seen["hole"] = args[0].detach(), args[1].detach()
+
+    # The inputs go to the generator's device (a CPU image and a CUDA model is the usual notebook case).
+    device = next(generator.parameters()).device
+    handle = layer.register_forward_pre_hook(grab)
+    try:
+        out = generator(image.to(device), mask.to(device), return_attention=True)
+    finally:
+        handle.remove()
+    return out, seen["x"], seen["hole"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -299,7 +329,7 @@ def feature_cosine_by_distance(features: Tensor, hole: Tensor, max_distance: int
     """Mean cosine similarity between the features of two *known* cells, by their Chebyshev distance.
 
     ``features [B,C,h,w]`` (e.g. what entered the attention layer, from
-    ``viz.run_with_attention_input``), ``hole`` bool ``[B,1,h,w]``. Returns ``{distance: mean cosine}``.
+    :func:`run_with_attention_input`), ``hole`` bool ``[B,1,h,w]``. Returns ``{distance: mean cosine}``.
     """
     B, C, h, w = features.shape
     f = features.float().flatten(2).transpose(1, 2)  # [B, N, C]

@@ -28,6 +28,8 @@ import torch
 from PIL import Image, ImageOps
 
 from . import viz
+from .attention_maps import attention_heatmap, chain_predecessors, hole_step
+from .attention_stats import run_with_attention_input
 from .data import prepare_image, to_tensor
 from .inference import InpaintModel
 
@@ -140,7 +142,7 @@ class PhotoInpainter:
             raise ValueError("draw a hole first: the mask is empty")
         device = next(self.G.parameters()).device
         t0 = time.perf_counter()
-        out, _, _ = viz.run_with_attention_input(self.G, self.image[None].to(device), self.mask[None].to(device))
+        out, _, _ = run_with_attention_input(self.G, self.image[None].to(device), self.mask[None].to(device))
         fill = out.refined[0].float().cpu().clamp(-1, 1)
         self.result = {"fill": fill, "composite": self.image * (1 - self.mask) + fill * self.mask,
                        "attention": out.attention, "seconds": time.perf_counter() - t0}
@@ -159,14 +161,14 @@ class PhotoInpainter:
         h, w = att.size
         sy, sx = self.S // h, self.S // w
         cy, cx = min(h - 1, max(0, int(y // sy))), min(w - 1, max(0, int(x // sx)))
-        t = viz.hole_step(att, 0, cy, cx)
+        t = hole_step(att, 0, cy, cx)
         self.missed = None if t is not None else (cy, cx)
         if t is None:
             self.picked = None
             return None
-        me = viz.chain_predecessors(att, 0, t, k=0)[0]
+        me = chain_predecessors(att, 0, t, k=0)[0]
         self.picked = {"cell": me["pos"], "source": me["source"], "weight": me["weight"], "t": t,
-                       "stride": (sy, sx), "heat": viz.attention_heatmap(att, 0, t, (self.S, self.S))}
+                       "stride": (sy, sx), "heat": attention_heatmap(att, 0, t, (self.S, self.S))}
         return self.picked
 
     def describe(self) -> str:
@@ -201,11 +203,11 @@ class PhotoInpainter:
         axes[2].set_title("composite", fontsize=9)
         if self.picked is not None:
             p = self.picked
-            (x0, y0), (x1, y1) = (viz._cell_centre(*c, p["stride"]) for c in (p["cell"], p["source"]))
+            (x0, y0), (x1, y1) = (viz.cell_centre(*c, p["stride"]) for c in (p["cell"], p["source"]))
             axes[2].annotate("", xy=(x1, y1), xytext=(x0, y0),
                              arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})
-            axes[2].add_patch(viz._cell_rect(*p["cell"], p["stride"], edgecolor="cyan", lw=1.5))
-            axes[2].add_patch(viz._cell_rect(*p["source"], p["stride"], edgecolor="lime", lw=1.5))
+            axes[2].add_patch(viz.cell_rect(*p["cell"], p["stride"], edgecolor="cyan", lw=1.5))
+            axes[2].add_patch(viz.cell_rect(*p["source"], p["stride"], edgecolor="lime", lw=1.5))
             axes[3].imshow(heat_overlay(self.image, p["heat"]))
             axes[3].set_title(f"attention row of cell {p['cell']}", fontsize=9)
         else:
@@ -361,7 +363,7 @@ class PhotoWidget:
                 p = app.picked
                 heat = (heat_overlay(app.image, p["heat"]) * 255).round().astype(np.uint8)
                 att.put_image_data(heat.repeat(s, 0).repeat(s, 1))
-                (x0, y0), (x1, y1) = (viz._cell_centre(*c, p["stride"]) for c in (p["cell"], p["source"]))
+                (x0, y0), (x1, y1) = (viz.cell_centre(*c, p["stride"]) for c in (p["cell"], p["source"]))
                 sy, sx = p["stride"]
                 comp.line_width, comp.stroke_style = 2, "cyan"
                 comp.stroke_rect(p["cell"][1] * sx * s, p["cell"][0] * sy * s, sx * s, sy * s)

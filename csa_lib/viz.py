@@ -1,41 +1,27 @@
 """Pictures of the attention: offset fields, attention heat maps, the chain's balance, result grids.
 
-Everything here reads a ``CSAAttention`` record (``csa_lib.csa``) or contextual attention's score maps
-(``csa_lib.peers``) and turns it into arrays or matplotlib Figures. Plot functions build their figures
-with ``plt.subplots`` (so ``plt.show()`` works in a notebook) but never need a display: they run under
-the Agg backend and return the Figure, which the caller shows or closes.
+This module only draws. What it draws comes as tensors from :mod:`csa_lib.attention_maps` (a
+``CSAAttention`` record of ``csa_lib.csa``, or contextual attention's score maps of ``csa_lib.peers``,
+read into sources, offsets, rows and the chain's balance; the conventions and what an attention row sums
+to are explained there) and from :mod:`csa_lib.attention_stats` (running a generator and measuring its
+attention). Plot functions build their figures with ``plt.subplots`` (so ``plt.show()`` works in a
+notebook) but never need a display: they run under the Agg backend and return the Figure, which the
+caller shows or closes.
 
 Conventions
 -----------
-- **Offsets** are ``[2, H, W]`` float tensors in the order ``(dy, dx)``: the source position minus the
-  hole position, in pixels of the grid they live on (rows grow downwards, columns to the right).
-  Known positions, and holes without a source, have offset 0. In optical-flow notation ``u = dx``,
-  ``v = dy``.
+- **Offsets** are ``[2, H, W]`` in the order ``(dy, dx)``: the source position minus the hole position
+  (:mod:`csa_lib.attention_maps`); maps and offsets on the feature grid are brought to image space there.
 - **Colours** follow the Middlebury colour wheel (Baker et al., "A Database and Evaluation Methodology
   for Optical Flow", 2011) as DeepFill's contextual-attention figures show it: hue = direction,
   saturation = length / ``max_norm``. Angle 0 ("the source lies to the right") is red; going clockwise
   *on screen* (right -> down -> left -> up) the hue runs red -> yellow -> green -> cyan -> blue ->
   magenta. Zero offset is white; lengths beyond ``max_norm`` are drawn darker (75 % brightness).
-- **Feature grid vs image**: the CSA layer works on an ``h x w`` grid (1/8 of the image); cell
-  ``(y, x)`` covers image pixels ``[y*s, (y+1)*s) x [x*s, (x+1)*s)`` with stride ``s = H / h``.
-  Maps are brought to image space by nearest-neighbour upsampling; offsets are multiplied by ``s``.
+- **Attention rows** are drawn with their signs: a map with negative entries (the official semantics'
+  affine blends) gets a diverging colour map centred at 0, a non-negative one ``magma``.
 
-Attention rows and what they sum to
------------------------------------
-CSA's chain writes every generated vector as ``m_t = sum_q w_t[q] f_q`` with ``w_1 = e_{c(p_1)}`` and
-``w_t = a_t w_{t-1} + b_t e_{c(p_t)}``, ``a_t = d_t/(d_t+s_t)``, ``b_t = s_t/(d_t+s_t)``. Since
-``a_t + b_t = 1``, every row sums to 1 by induction, so no renormalisation is needed (or done):
-
-- ``semantics="paper"`` (``csa_lib.csa``) clamps both scores at 0 before the ratio, so ``a_t, b_t`` lie
-  in [0, 1]: the rows are *convex* blends, non-negative, summing to 1 -- a probability map.
-- ``semantics="official"`` has no guard: with signed features ``d_t`` can be negative, so ``a_t < 0``,
-  ``b_t > 1`` (or huge, near ``d_t + s_t = 0``) happen. The rows still sum to 1 (up to rounding) but are
-  *affine* blends with negative entries.
-
-:func:`attention_heatmap` keeps the signed weights and only spreads each cell's weight over its
-``s*s`` pixels, so the map sums to the row sum (1); plots switch to a diverging colour map when a row
-has negative entries. Contextual attention's rows are softmax weights: non-negative and summing to 1
-over the valid sources (``csa_lib.peers``), so :func:`contextual_heatmap` is a probability map as well.
+The figures of single lessons (notebook 00's pipeline diagram, notebook 03's fill comparison) live next
+to their notebooks, in ``notebooks/figures.py``.
 """
 from __future__ import annotations
 
@@ -46,9 +32,14 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from .attention_maps import (attention_heatmap, attention_offsets, chain_balance, chain_predecessors,
+                             contextual_heatmap, contextual_sources, csa_sources, grid_stride, hole_map,
+                             hole_step, neighbour_coherence, offsets_from_sources, upsample_map, upsample_offsets)
+# benchmarks/face_attention.py imports the runner from here, where it lived; its home is attention_stats.
+from .attention_stats import run_with_attention_input  # noqa: F401
 
 # --------------------------------------------------------------------------------------------------
 # Colour wheel
@@ -119,261 +110,6 @@ def color_wheel_image(size: int = 65) -> np.ndarray:
     rgb = flow_to_color(torch.stack([ys, xs]).double(), max_norm=c)
     rgb[(torch.hypot(ys, xs) > c).numpy()] = 1.0
     return rgb
-
-
-# --------------------------------------------------------------------------------------------------
-# Offsets and sources
-# --------------------------------------------------------------------------------------------------
-
-
-def offsets_from_sources(source: Any, size: tuple[int, int]) -> torch.Tensor:
-    """Offsets ``[2, h, w]`` (dy, dx) from a dense source map.
-
-    Args:
-        source: long ``[h*w]`` (or ``[h, w]``): flat raster index ``y*w + x`` of the position each
-            position copies from, ``-1`` = none (known positions); offset 0 there.
-        size: ``(h, w)`` of the grid.
-    """
-    h, w = size
-    src = torch.as_tensor(source).long().reshape(-1)
-    if src.numel() != h * w:
-        raise ValueError(f"source has {src.numel()} entries but size {size} needs {h * w}")
-    if src.numel() and (int(src.max()) >= h * w or int(src.min()) < -1):
-        raise ValueError(f"source indices must be -1 (none) or in [0, h*w = {h * w})")
-    pos = torch.arange(h * w, device=src.device)  # on the source's device: a CUDA source works too
-    valid = src >= 0
-    dy = torch.where(valid, src.div(w, rounding_mode="floor") - pos // w, 0)
-    dx = torch.where(valid, src.remainder(w) - pos % w, 0)
-    return torch.stack([dy, dx]).float().reshape(2, h, w)
-
-
-def _holes(att, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(T, hole_index[T], source[T]) of image ``i`` of a CSAAttention record, on the CPU."""
-    if not 0 <= i < att.count.shape[0]:
-        raise IndexError(f"image index {i} out of range for a batch of {att.count.shape[0]}")
-    T = int(att.count[i])
-    return T, att.hole_index[i, :T].long().cpu(), att.source[i, :T].long().cpu()
-
-
-def csa_sources(att, i: int = 0) -> torch.Tensor:
-    """Dense source map ``[h*w]`` long of image ``i``: ``c(p)`` at holes, ``-1`` at known positions."""
-    h, w = att.size
-    T, hole_index, source = _holes(att, i)
-    out = torch.full((h * w,), -1, dtype=torch.long)
-    out[hole_index] = source
-    return out
-
-
-def attention_offsets(att, i: int = 0) -> torch.Tensor:
-    """CSA's search result as offsets ``[2, h, w]`` (dy, dx) on the feature grid; zero at known positions."""
-    return offsets_from_sources(csa_sources(att, i), att.size)
-
-
-def hole_map(att, i: int = 0) -> torch.Tensor:
-    """Bool ``[h, w]``: True at the hole positions of image ``i``."""
-    h, w = att.size
-    out = torch.zeros(h * w, dtype=torch.bool)
-    out[_holes(att, i)[1]] = True
-    return out.reshape(h, w)
-
-
-def contextual_sources(scores: torch.Tensor, hole: torch.Tensor, i: int = 0) -> torch.Tensor:
-    """Argmax source of contextual attention, ``[h*w]`` long, ``-1`` outside the hole.
-
-    Args:
-        scores: ``[B, h*w (sources), h, w]`` softmax weights from ``ContextualAttention(...,
-            return_attention=True)``.
-        hole: bool ``[B, 1, h, w]``, ``[h, w]`` (or anything reshapeable to ``[h*w]`` for image ``i``).
-    """
-    if scores.ndim != 4 or scores.shape[1] != scores.shape[2] * scores.shape[3]:
-        raise ValueError(f"scores must be [B, h*w, h, w]; got {tuple(scores.shape)}")
-    best_w, src = scores[i].detach().cpu().flatten(1).max(0)  # [h*w]: best source of every position
-    hole_i = hole[i] if hole.ndim == 4 else hole
-    # All-zero scores mean "no valid source" (peers.ContextualAttention): -1, as for known positions.
-    return torch.where(hole_i.reshape(-1).bool().cpu() & (best_w > 0), src, -1)
-
-
-def contextual_offsets(scores: torch.Tensor, hole: torch.Tensor, i: int = 0) -> torch.Tensor:
-    """Contextual attention's argmax offsets ``[2, h, w]`` (dy, dx), zero outside the hole."""
-    return offsets_from_sources(contextual_sources(scores, hole, i), tuple(scores.shape[2:]))
-
-
-def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-
-
-def _stride(size: tuple[int, int], image_size: int | Sequence[int]) -> tuple[int, int]:
-    H, W = _image_hw(image_size)
-    h, w = size
-    if H % h or W % w:
-        raise ValueError(f"image size {(H, W)} is not a whole multiple of the grid {size}")
-    return H // h, W // w
-
-
-def upsample_offsets(offsets: torch.Tensor, image_size: int | Sequence[int]) -> torch.Tensor:
-    """Offsets ``[2, h, w]`` on the feature grid -> ``[2, H, W]`` in image pixels (nearest, times the stride)."""
-    sy, sx = _stride(tuple(offsets.shape[1:]), image_size)
-    up = offsets.repeat_interleave(sy, 1).repeat_interleave(sx, 2)
-    return up * torch.tensor([sy, sx], dtype=up.dtype).view(2, 1, 1)
-
-
-def upsample_map(m: torch.Tensor, image_size: int | Sequence[int], preserve_sum: bool = False) -> torch.Tensor:
-    """A ``[h, w]`` map -> ``[H, W]`` by nearest upsampling; ``preserve_sum`` divides by the cell area."""
-    sy, sx = _stride(tuple(m.shape), image_size)
-    up = m.repeat_interleave(sy, 0).repeat_interleave(sx, 1)
-    return up / (sy * sx) if preserve_sum else up
-
-
-# --------------------------------------------------------------------------------------------------
-# The chain: rows, predecessors, balance
-# --------------------------------------------------------------------------------------------------
-
-
-def hole_step(att, i: int, y: int, x: int) -> int | None:
-    """Chain step ``t`` (0-based) of feature position ``(y, x)`` of image ``i``; None if it is known."""
-    h, w = att.size
-    if not (0 <= y < h and 0 <= x < w):
-        raise ValueError(f"position {(y, x)} outside the {h}x{w} feature grid")
-    T, hole_index, _ = _holes(att, i)
-    hit = (hole_index == y * w + x).nonzero()
-    return int(hit[0, 0]) if hit.numel() else None
-
-
-def chain_weights(att, i: int, t: int) -> torch.Tensor:
-    """Weight ``[t+1]`` (float64) that step ``t``'s row gives to the source chosen at each step ``j <= t``.
-
-    Unrolling ``w_t = a_t w_{t-1} + b_t e_{c(p_t)}`` gives ``weight_j = b_j * prod_{k=j+1..t} a_k``
-    (``b_1 = 1``): the own source gets ``b_t``, the predecessor's ``a_t b_{t-1}``, and so on. These sum
-    to 1 because ``a_k + b_k = 1``.
-    """
-    T = int(att.count[i])
-    if not 0 <= t < T:
-        raise IndexError(f"chain step {t} out of range: image {i} has {T} hole positions")
-    a = att.a[i, : t + 1].detach().double().cpu()
-    b = att.b[i, : t + 1].detach().double().cpu()
-    # suffix products of a: tail[j] = prod_{k=j+1..t} a_k, with tail[t] = 1
-    tail = torch.ones(t + 1, dtype=torch.float64)
-    if t > 0:
-        tail[:-1] = torch.flip(torch.cumprod(torch.flip(a[1:], [0]), 0), [0])
-    return b * tail
-
-
-def attention_row(att, i: int, t: int) -> torch.Tensor:
-    """Dense attention row ``w_t`` ``[h*w]`` of chain step ``t`` of image ``i``.
-
-    Uses ``att.rows`` when the layer was run with ``return_rows=True``; otherwise rebuilds the row from
-    the stored sources and coefficients with :func:`chain_weights` (same numbers, O(t) work).
-    """
-    if getattr(att, "rows", None) is not None:
-        T = int(att.count[i])
-        if not 0 <= t < T:
-            raise IndexError(f"chain step {t} out of range: image {i} has {T} hole positions")
-        return att.rows[i, t].detach().double().cpu()
-    h, w = att.size
-    _, _, source = _holes(att, i)
-    row = torch.zeros(h * w, dtype=torch.float64)
-    return row.index_add_(0, source[: t + 1], chain_weights(att, i, t))
-
-
-def attention_heatmap(att, i: int, t: int, image_size: int | Sequence[int] | None = None) -> torch.Tensor:
-    """Where chain step ``t`` of image ``i`` takes its feature from, as a map over the image.
-
-    Returns ``[H, W]`` float64 (``[h, w]`` when ``image_size`` is None): the row ``w_t`` reshaped to
-    the grid and spread evenly over each cell's pixels, so the map sums to the row sum, which is 1
-    (see the module docstring). Non-negative in the paper semantics; entries can be negative in the
-    official one (affine, not convex, blends).
-    """
-    h, w = att.size
-    m = attention_row(att, i, t).reshape(h, w)
-    return m if image_size is None else upsample_map(m, image_size, preserve_sum=True)
-
-
-def contextual_heatmap(scores: torch.Tensor, i: int, y: int, x: int,
-                       image_size: int | Sequence[int] | None = None) -> torch.Tensor:
-    """Contextual attention's softmax row for feature position ``(y, x)`` as a map that sums to 1."""
-    h, w = scores.shape[2:]
-    m = scores[i, :, y, x].detach().double().cpu().reshape(h, w)
-    return m if image_size is None else upsample_map(m, image_size, preserve_sum=True)
-
-
-def chain_balance(att, i: int = 0, fill: float = float("nan")) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a_map, b_map)``, each ``[h, w]``: per hole, the weight on the previously generated vector
-    (``a_t``, "continue the patch") and on its own best context match (``b_t``, "copy"); ``fill`` at
-    known positions. ``a_t + b_t = 1``; the first hole has ``a = 0, b = 1``."""
-    h, w = att.size
-    T, hole_index, _ = _holes(att, i)
-    maps = []
-    for coef in (att.a, att.b):
-        m = torch.full((h * w,), fill, dtype=torch.float64)
-        m[hole_index] = coef[i, :T].detach().double().cpu()
-        maps.append(m.reshape(h, w))
-    return maps[0], maps[1]
-
-
-def chain_predecessors(att, i: int, t: int, k: int = 3) -> list[dict]:
-    """Step ``t`` and up to ``k`` steps before it: dicts with ``t``, ``pos`` and ``source`` as
-    ``(y, x)`` feature cells, and ``weight`` = the weight that step ``t``'s row gives that source."""
-    h, w = att.size
-    _, hole_index, source = _holes(att, i)
-    weights = chain_weights(att, i, t)
-    out = []
-    for j in range(t, max(-1, t - k - 1), -1):
-        p, q = int(hole_index[j]), int(source[j])
-        out.append({"t": j, "pos": (p // w, p % w), "source": (q // w, q % w), "weight": float(weights[j])})
-    return out
-
-
-def neighbour_coherence(source: torch.Tensor, size: tuple[int, int], tolerance: float = 0,
-                        directions: Sequence[str] = ("right", "down")) -> float:
-    """Fraction of neighbouring hole pairs whose sources are neighbours in the same way.
-
-    For every pair (p, p') of adjacent positions that both have a source (``source >= 0``), the pair is
-    *coherent* when ``c(p') - c(p)`` equals ``p' - p`` up to ``tolerance`` cells (max norm), i.e. the two
-    copy from a contiguous patch. ``"right"`` pairs are raster neighbours. NaN when there are no pairs.
-    """
-    off = offsets_from_sources(source, size)
-    has = (torch.as_tensor(source).reshape(size) >= 0)
-    hits, total = 0, 0
-    for d in directions:
-        if d == "right":
-            a, b, ha, hb = off[:, :, :-1], off[:, :, 1:], has[:, :-1], has[:, 1:]
-        elif d == "down":
-            a, b, ha, hb = off[:, :-1, :], off[:, 1:, :], has[:-1, :], has[1:, :]
-        else:
-            raise ValueError(f"unknown direction {d!r}; use 'right' or 'down'")
-        both = ha & hb
-        same = (a - b).abs().amax(0) <= tolerance
-        hits += int((same & both).sum())
-        total += int(both.sum())
-    return hits / total if total else float("nan")
-
-
-@torch.no_grad()
-def run_with_attention_input(generator: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor):
-    """Run a ``CSAInpainter`` and also catch what its attention layer saw.
-
-    ``image [B,3,H,W]`` in [-1,1] and ``mask [B,1,H,W]`` (1 = hole) may be on any device: they are moved to
-    the generator's. Returns ``(out, features, hole)`` on that device: the ``InpaintOutput`` (with
-    ``.attention``), the features entering the attention layer ``[B, 8C, h, w]`` (signed, before
-    InstanceNorm) and the feature hole ``bool [B, 1, h, w]``. Feeding the same ``features, hole`` to
-    another layer (e.g. ``peers.ContextualAttention``) compares the two attentions on the same input.
-    """
-    layers = [lvl.attention for lvl in generator.refine_net.levels if getattr(lvl, "attention", None) is not None]
-    if len(layers) != 1:
-        raise ValueError(f"expected one attention layer in generator.refine_net, found {len(layers)}")
-    seen = {}
-
-    def grab(module, args):  # forward pre-hook: args = (x, hole, ...)
-        seen["x"], seen["hole"] = args[0].detach(), args[1].detach()
-
-    # The inputs go to the generator's device (a CPU image and a CUDA model is the usual notebook case).
-    device = next(generator.parameters()).device
-    handle = layers[0].register_forward_pre_hook(grab)
-    try:
-        out = generator(image.to(device), mask.to(device), return_attention=True)
-    finally:
-        handle.remove()
-    return out, seen["x"], seen["hole"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,12 +202,13 @@ def plot_offsets(offsets: torch.Tensor, ax=None, max_norm: float | None = None, 
     return ax.figure
 
 
-def _cell_rect(y: int, x: int, stride: tuple[int, int], **kw) -> Rectangle:
+def cell_rect(y: int, x: int, stride: tuple[int, int], **kw) -> Rectangle:
+    """An unfilled Rectangle around feature cell ``(y, x)`` in image pixels (``stride``: pixels per cell)."""
     sy, sx = stride
     return Rectangle((x * sx - 0.5, y * sy - 0.5), sx, sy, fill=False, **kw)
 
 
-def _cell_centre(y: int, x: int, stride: tuple[int, int]) -> tuple[float, float]:
+def cell_centre(y: int, x: int, stride: tuple[int, int]) -> tuple[float, float]:
     """(x, y) plot coordinates of a feature cell's centre in image pixels."""
     return (x + 0.5) * stride[1] - 0.5, (y + 0.5) * stride[0] - 0.5
 
@@ -489,7 +226,7 @@ def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: 
     Args: image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]`` (1 = hole), att a CSAAttention.
     """
     H, W = image.shape[-2:]
-    stride = _stride(att.size, (H, W))
+    stride = grid_stride(att.size, (H, W))
     t = _default_step(att, i) if t is None else t
     (step, *_) = chain_predecessors(att, i, t, k=0)
     fig, axes = _grid(1, 4)
@@ -498,8 +235,8 @@ def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: 
     plot_offsets(upsample_offsets(attention_offsets(att, i), (H, W)), ax=axes[0, 1], title="CSA offsets")
     grey = to_display(image)
     _imshow_map(axes[0, 2], attention_heatmap(att, i, t, (H, W)), f"row w_t, t={t + 1}", background=grey)
-    axes[0, 2].add_patch(_cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5))
-    axes[0, 2].add_patch(_cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5))
+    axes[0, 2].add_patch(cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5))
+    axes[0, 2].add_patch(cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5))
     _imshow_map(axes[0, 3], upsample_map(chain_balance(att, i)[0], (H, W)), "a_t: continue previous",
                 background=grey, vmin=0, vmax=1, weights=False)
     fig.tight_layout()
@@ -544,7 +281,7 @@ def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torc
     H, W = image.shape[-2:]
     if tuple(scores.shape[2:]) != tuple(att.size):
         raise ValueError(f"scores grid {tuple(scores.shape[2:])} differs from the CSA grid {att.size}")
-    stride = _stride(att.size, (H, W))
+    stride = grid_stride(att.size, (H, W))
     hole = hole_map(att, i)
     src_csa, src_ca = csa_sources(att, i), contextual_sources(scores, hole, i)
     off_csa, off_ca = (upsample_offsets(offsets_from_sources(s, att.size), (H, W)) for s in (src_csa, src_ca))
@@ -558,11 +295,11 @@ def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torc
         coh = neighbour_coherence(src, att.size)
         plot_offsets(off, ax=axes[0, col], max_norm=max_norm, title=f"{name}: coherent pairs {coh:.0%}")
     axes[1, 0].imshow(to_display(image))
-    axes[1, 0].add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
+    axes[1, 0].add_patch(cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
     axes[1, 0].set_title(f"hole cell ({y}, {x}), t={t + 1}", fontsize=9)
     grey = to_display(image)
     for ax in axes[1, 1:]:
-        ax.add_patch(_cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
+        ax.add_patch(cell_rect(y, x, stride, edgecolor="cyan", lw=1.5))
     _imshow_map(axes[1, 1], attention_heatmap(att, i, t, (H, W)), "CSA row w_t", background=grey)
     _imshow_map(axes[1, 2], contextual_heatmap(scores, i, y, x, (H, W)), "contextual softmax row",
                 background=grey)
@@ -624,16 +361,16 @@ def inpainting_grid(images: Any, image: torch.Tensor | None = None, mask: torch.
 def _draw_explorer_row(axes, image, mask, att, i: int, t: int, k: int) -> None:
     """Three panels for chain step ``t``: overview with predecessors, source patch zoom, row heat map."""
     H, W = image.shape[-2:]
-    stride = _stride(att.size, (H, W))
+    stride = grid_stride(att.size, (H, W))
     chain = chain_predecessors(att, i, t, k)
     ax = axes[0]
     ax.imshow(masked_display(image, mask, fill=0.85))
     # Fainter for older steps: the chain's memory fades with the product of a_k.
     for n_back, step in reversed(list(enumerate(chain))):
         alpha = 1.0 if n_back == 0 else 0.35 + 0.4 / n_back
-        ax.add_patch(_cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5, alpha=alpha))
-        ax.add_patch(_cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5, alpha=alpha))
-        ax.plot(*zip(_cell_centre(*step["pos"], stride), _cell_centre(*step["source"], stride)),
+        ax.add_patch(cell_rect(*step["pos"], stride, edgecolor="cyan", lw=1.5, alpha=alpha))
+        ax.add_patch(cell_rect(*step["source"], stride, edgecolor="lime", lw=1.5, alpha=alpha))
+        ax.plot(*zip(cell_centre(*step["pos"], stride), cell_centre(*step["source"], stride)),
                 color="yellow", lw=0.8, alpha=alpha)
     me = chain[0]
     ax.set_title(f"t={t} at {me['pos']} <- {me['source']}", fontsize=8)
@@ -708,7 +445,7 @@ class AttentionExplorer:
 
     def __init__(self, image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, k: int = 3):
         self.image, self.mask, self.att, self.i, self.k = image, mask, att, i, k
-        self.stride = _stride(att.size, image.shape[-2:])
+        self.stride = grid_stride(att.size, image.shape[-2:])
         if int(att.count[i]) == 0:
             raise ValueError(f"image {i} has no hole positions at the feature resolution")
         first = int(att.hole_index[i, int(att.count[i]) // 2])
@@ -719,7 +456,7 @@ class AttentionExplorer:
         t = hole_step(self.att, self.i, y, x)
         if t is None:
             axes[0].imshow(masked_display(self.image, self.mask, fill=0.85))
-            axes[0].add_patch(_cell_rect(y, x, self.stride, edgecolor="red", lw=1.5))
+            axes[0].add_patch(cell_rect(y, x, self.stride, edgecolor="red", lw=1.5))
             axes[0].set_title(f"{(y, x)} is a known position: pick a hole", fontsize=8)
             for ax in axes[1:]:
                 ax.set_axis_off()
@@ -808,125 +545,6 @@ class AttentionExplorer:
             plt.close(fig)
 
 
-# --------------------------------------------------------------------------------------------------
-# Lesson figures: the pipeline diagram (notebook 00) and the peers on a photo (notebook 03)
-# --------------------------------------------------------------------------------------------------
-def _box(ax, xy: tuple[float, float], w: float, h: float, text: str, colour: str) -> None:
-    from matplotlib.patches import FancyBboxPatch
-
-    ax.add_patch(FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.02", fc=colour, ec="black", lw=1))
-    ax.text(xy[0] + w / 2, xy[1] + h / 2, text, ha="center", va="center", fontsize=8.5)
-
-
-def _arrow(ax, start, end, text: str | None = None, colour: str = "black", ls: str = "-",
-           rad: float = 0.0) -> None:
-    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.3, linestyle=ls,
-                                                          connectionstyle=f"arc3,rad={rad}"))
-    if text:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=7.5,
-                color=colour)
-
-
-def pipeline_diagram(loss_cfg: Any = None) -> Figure:
-    """CSA as one picture: coarse net -> refinement net with the CSA layer at 1/8 -> output, with the
-    consistency loss (VGG16 relu4_3 of the real image) and the two RaLSGAN discriminators.
-
-    ``loss_cfg``: a :class:`csa_lib.config.LossConfig` whose weights are printed (default: the paper's).
-    Returns the Figure (boxes are drawn in data coordinates on an 11 x 5.2 canvas).
-    """
-    if loss_cfg is None:
-        from .config import LossConfig
-
-        loss_cfg = LossConfig()
-    lam = f"$\\lambda_r = {loss_cfg.lambda_r:g}$", f"$\\lambda_c = {loss_cfg.lambda_c:g}$", \
-        f"$\\lambda_d = {loss_cfg.lambda_d:g}$"
-    fig, ax = plt.subplots(figsize=(11, 5))
-    ax.set_xlim(0, 11)
-    ax.set_ylim(-0.8, 4.4)
-    ax.axis("off")
-    # the generator, left to right along y = 2.85
-    for (x, w, text, colour) in [(0.1, 1.4, "masked image\n$\\tilde x$, mask $m$", "#eeeeee"),
-                                 (2.0, 1.6, "coarse net\n(U-Net, 8 levels)", "#cfe2f3"),
-                                 (4.1, 1.6, "paste $I_c$ into hole\n+ masked image\n(6 channels)", "#eeeeee"),
-                                 (6.2, 1.3, "refine\nencoder", "#d9ead3"),
-                                 (7.9, 1.2, "CSA layer\nat 1/8\n(32×32×512)", "#f4cccc"),
-                                 (9.5, 1.3, "refine\ndecoder", "#d9ead3")]:
-        _box(ax, (x, 2.4), w, 0.9, text, colour)
-    for x0, x1, text in [(1.5, 2.0, None), (3.6, 4.1, "$I_c$"), (5.7, 6.2, None), (7.5, 7.9, None),
-                         (9.1, 9.5, None)]:
-        _arrow(ax, (x0, 2.85), (x1, 2.85), text)
-    # the output and the two discriminators, bottom row
-    _box(ax, (9.5, 0.3), 1.3, 0.8, "output $I_r$\n(composite\nfor eval)", "#eeeeee")
-    _box(ax, (6.1, 0.3), 1.9, 0.8, "image patch D\n(70×70 PatchGAN)", "#fff2cc")
-    _box(ax, (3.6, 0.3), 2.1, 0.8, "feature patch D\n(VGG16 pool3 + 3 convs)", "#fff2cc")
-    _arrow(ax, (10.15, 2.4), (10.15, 1.1))
-    _arrow(ax, (9.5, 0.7), (8.0, 0.7), "RaLSGAN", colour="#b45f06")
-    _arrow(ax, (9.9, 0.3), (4.65, 0.3), colour="#b45f06", rad=-0.25)
-    ax.text(7.2, -0.55, "RaLSGAN (VGG16 features of $I_r$ vs. of $x$)", ha="center", fontsize=7.5, color="#b45f06")
-    # the consistency loss: VGG16 relu4_3 of the real image against the CSA output and its decoder mirror
-    _box(ax, (7.4, 3.6), 2.0, 0.7, "VGG16 relu4_3 of the\nreal image $x$", "#ead1dc")
-    _arrow(ax, (8.3, 3.6), (8.5, 3.3), colour="#a61c00", ls="--")
-    _arrow(ax, (9.6, 3.8), (10.15, 3.3), colour="#a61c00", ls="--")
-    ax.text(9.75, 4.0, "consistency $\\mathcal{L}_c$\n(hole positions)", fontsize=7.5, color="#a61c00")
-    ax.text(0.1, 1.6, f"L1 on $I_c$ and $I_r$  ({lam[0]})\n"
-            f"consistency $\\mathcal{{L}}_c$ on hole positions ({lam[1]})\n"
-            f"two discriminators ({lam[2]})", fontsize=8, va="top")
-    ax.set_title("CSA: coarse-to-fine inpainting with a coherent semantic attention layer", fontsize=10)
-    return fig
-
-
-def zoom_slices(top: int, left: int, size: int, margin: int) -> tuple[slice, slice]:
-    """Rows and columns of a square window around a ``size``-pixel hole at ``(top, left)``, ``margin``
-    pixels on each side (clipped at 0 only: the caller keeps the window inside the image)."""
-    return (slice(max(0, top - margin), top + size + margin), slice(max(0, left - margin), left + size + margin))
-
-
-def plot_fill_comparison(cases: Sequence[dict], max_norm: float | None = None) -> Figure:
-    """Several methods' fills of one hole and their argmax sources, two rows per case (notebook 03).
-
-    Each case is a dict with
-        ``image``: ``[3, H, W]`` in [-1, 1]; ``hole``: bool ``[1, H, W]`` or ``[H, W]`` (True = hole);
-        ``fills``: list of ``(name, [3, H, W] in [-1, 1])`` shown in the first row (zoomed);
-        ``sources``: list of ``(name, [H*W] long)`` raster source index per position (-1 = none), drawn
-            as offset fields after the masked input and the colour key in the second row;
-        ``zoom``: ``(rows, cols)`` slices (:func:`zoom_slices`), or None for the whole image.
-    Offsets are coloured with :func:`flow_to_color` at ``max_norm`` (default: half the image side). The
-    hole is outlined (dashed) in every zoomed panel.
-    """
-    n_cols = max(max(len(c["fills"]), 2 + len(c["sources"])) for c in cases)
-    fig, axes = _grid(2 * len(cases), n_cols, cell=2.6)
-    for r, case in enumerate(cases):
-        image, hole = case["image"], case["hole"].reshape(case["image"].shape[-2:]).bool()
-        H, W = hole.shape
-        rows, cols = case.get("zoom") or (slice(0, H), slice(0, W))
-        ys, xs = torch.nonzero(hole[rows, cols], as_tuple=True)
-
-        def outline(ax):
-            if len(ys):
-                ax.add_patch(Rectangle((int(xs.min()) - 0.5, int(ys.min()) - 0.5), int(xs.max() - xs.min()) + 1,
-                                       int(ys.max() - ys.min()) + 1, fill=False, ec="w", ls="--"))
-
-        for ax, (name, fill) in zip(axes[2 * r], case["fills"]):
-            ax.imshow(to_display(fill)[rows, cols])
-            ax.set_title(name + (" (zoom)" if case.get("zoom") else ""), fontsize=10)
-            outline(ax)
-        second = axes[2 * r + 1]
-        second[0].imshow(masked_display(image, hole[None].float()))
-        second[0].set_title("input with hole", fontsize=10)
-        second[1].imshow(color_wheel_image())
-        second[1].set_title("offset colour key", fontsize=10)
-        for ax, (name, src) in zip(second[2:], case["sources"]):
-            rgb = flow_to_color(offsets_from_sources(src, (H, W)), max_norm=max_norm or max(H, W) / 2)
-            ax.imshow(rgb[rows, cols])
-            ax.set_title(name + (" (zoom)" if case.get("zoom") else ""), fontsize=10)
-            outline(ax)
-    for ax in axes.flat:
-        if not ax.images:
-            ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
 def plot_source_arrows(image: torch.Tensor, mask: torch.Tensor, sources: torch.Tensor,
                        correct: torch.Tensor | None = None, ax=None, title: str = "sources") -> Figure:
     """The masked image with one arrow per hole cell, from the cell to the known cell it copies.
@@ -947,8 +565,8 @@ def plot_source_arrows(image: torch.Tensor, mask: torch.Tensor, sources: torch.T
     ax.imshow(masked_display(image, mask), interpolation="nearest")
     for p in (sources >= 0).nonzero().flatten().tolist():
         (py, px), (qy, qx) = divmod(p, w), divmod(int(sources[p]), w)
-        x0, y0 = _cell_centre(py, px, stride)
-        x1, y1 = _cell_centre(qy, qx, stride)
+        x0, y0 = cell_centre(py, px, stride)
+        x1, y1 = cell_centre(qy, qx, stride)
         colour = "white" if correct is None else ("lime" if bool(correct[p]) else "red")
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops=dict(arrowstyle="->", color=colour, lw=1.2, shrinkA=0, shrinkB=0))

@@ -1,5 +1,5 @@
-"""csa_lib.attention_stats and csa_lib.ablation: source statistics against hand-made cases, the
-activity check, and the paired intervals."""
+"""csa_lib.attention_stats and csa_lib.ablation: the runner that catches the attention layer's input,
+source statistics against hand-made cases, the activity check, and the paired intervals."""
 import math
 
 import torch
@@ -7,10 +7,11 @@ import torch
 from csa_lib.ablation import ablation_row, copytask_batch, format_ablation, paired_difference, summarize
 from csa_lib.attention_stats import (activity, attention_layer, feature_cosine_by_distance, layer_sources,
                                      measure_attention, mirror_sources, nearest_known_sources,
-                                     replaced_attention, source_statistics)
-from csa_lib.config import ModelConfig
+                                     replaced_attention, run_with_attention_input, source_statistics)
+from csa_lib.config import ModelConfig, get_preset
 from csa_lib.copytask import CopyTask
-from csa_lib.networks import CSAInpainter
+from csa_lib.csa import CoherentSemanticAttention
+from csa_lib.networks import CSAInpainter, build_models
 
 
 def _hole(h=4, w=4, cells=((1, 1),)):
@@ -141,3 +142,17 @@ def test_plot_source_arrows_draws_one_arrow_per_hole_cell():
     sources[mask[0, ::8, ::8].flatten() > 0] = 0
     fig = plot_source_arrows(image, mask, sources, correct=sources >= 0)
     assert len(fig.axes[0].texts) == int((sources >= 0).sum())
+
+
+def test_run_with_attention_input_catches_what_the_layer_saw(gen):
+    torch.manual_seed(0)
+    G = build_models(get_preset("smoke").model)[0].eval()
+    image = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:24, 8:24] = 1
+    mask[1, :, 0:16, 4:20] = 1
+    out, x, hole = run_with_attention_input(G, image, mask)
+    assert x.shape[-2:] == hole.shape[-2:] == out.feature_hole.shape[-2:]
+    assert torch.equal(hole, out.feature_hole)
+    _, att = CoherentSemanticAttention()(x, hole, return_attention=True)  # same input, same search
+    assert torch.equal(att.source, out.attention.source) and torch.equal(att.count, out.attention.count)

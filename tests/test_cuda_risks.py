@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 import csa_lib
-from csa_lib import _csa_backend, config, csa, networks, train, viz
+from csa_lib import _csa_backend, attention_maps, attention_stats, config, csa, networks, train
 from csa_lib.config import get_preset, missing_files, notebook_preset
 from csa_lib.csa import CoherentSemanticAttention
 from csa_lib.train import Trainer, cuda_speed_flags, resolve_device
 
 
-# ---- viz: devices -------------------------------------------------------------------------------
+# ---- attention maps and the runner: devices -------------------------------------------------------
 def test_offsets_from_sources_builds_its_positions_on_the_source_device(monkeypatch):
     seen = []
     arange = torch.arange
@@ -29,7 +29,7 @@ def test_offsets_from_sources_builds_its_positions_on_the_source_device(monkeypa
 
     monkeypatch.setattr(torch, "arange", spy)
     source = torch.tensor([-1, 0, -1, 1])
-    off = viz.offsets_from_sources(source, (2, 2))
+    off = attention_maps.offsets_from_sources(source, (2, 2))
     assert seen and all(d == source.device for d in seen)  # a CUDA source gets CUDA positions
     assert off[:, 0, 1].tolist() == [0.0, -1.0] and off[:, 1, 1].tolist() == [-1.0, 0.0]
 
@@ -59,7 +59,7 @@ def test_run_with_attention_input_moves_cpu_inputs_to_the_generator_device():
     mask[..., 8:24, 8:24] = 1
     with pytest.raises(RuntimeError, match="meta"):
         G(image, mask)  # what the old code did: CPU inputs into a model elsewhere
-    out, feats, hole = viz.run_with_attention_input(G, image, mask)
+    out, feats, hole = attention_stats.run_with_attention_input(G, image, mask)
     assert G.seen == {"image": torch.device("meta"), "mask": torch.device("meta"),
                       "weight": torch.device("meta")}
     assert feats.device.type == "meta" and hole.device.type == "meta"

@@ -20,8 +20,9 @@ LAYERS = [
     ["__init__", "config", "errors", "_csa_kernels", "_csa_triton"],
     # low helpers: device names, run-folder files, the CSA layer's back-end plumbing
     ["devices", "runfiles", "_csa_backend"],
-    # building blocks: masks, the synthetic copy task, the attention layers, classical baselines
-    ["masks", "copytask", "csa", "peers", "baselines"],
+    # building blocks: masks, the synthetic copy task, the attention layers and the reading of their records,
+    # classical baselines
+    ["masks", "copytask", "csa", "peers", "attention_maps", "baselines"],
     # data, networks, torchrun plumbing, the VGG feature extractor
     ["data", "networks", "distributed", "vgg"],
     # what is built on networks: losses, shipped weights, the official code's checkpoints, attention statistics
@@ -120,7 +121,8 @@ def test_imports_point_down_the_layers(module):
 def test_moved_names_stay_importable_where_they_were():
     """Run-folder I/O moved from train to runfiles, resolve_device to devices, error_line from cli to errors,
     sha256_file from pretrained to runfiles, the CSA back-end plumbing to _csa_backend: notebooks, tests and
-    scripts import these names from their old homes."""
+    scripts import these names from their old homes. viz keeps the attention runner (now in attention_stats)
+    for benchmarks/face_attention.py."""
     from csa_lib import runfiles
     from csa_lib.cli import NO_CODE, TORCH_ADVICE, error_line  # noqa: F401
     from csa_lib.csa import available_chains  # noqa: F401
@@ -131,3 +133,6 @@ def test_moved_names_stay_importable_where_they_were():
 
     assert RunLock is runfiles.RunLock and load_checkpoint is runfiles.load_checkpoint
     assert sha256_file is runfiles.sha256_file
+    from csa_lib import attention_stats
+    from csa_lib.viz import run_with_attention_input
+    assert run_with_attention_input is attention_stats.run_with_attention_input

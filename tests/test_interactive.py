@@ -87,20 +87,22 @@ def test_explorer_click_on_the_ipympl_canvas_picks_the_cell(generator):
     from matplotlib.backend_bases import MouseEvent
 
     from csa_lib import viz
+    from csa_lib.attention_maps import hole_step
+    from csa_lib.attention_stats import run_with_attention_input
 
     g = torch.Generator().manual_seed(1)
     image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 8:24, 8:24] = 1
-    out, _, _ = viz.run_with_attention_input(generator, image, mask)
+    out, _, _ = run_with_attention_input(generator, image, mask)
     explorer = viz.AttentionExplorer(image[0], mask[0], out.attention)
     box = explorer.widget()
     sliders, canvas = box.children
     ys, xs = sliders.children
     overview = canvas.figure.axes[0]
     target = next((y, x) for y in range(4) for x in range(4)
-                  if viz.hole_step(out.attention, 0, y, x) is not None and (y, x) != (ys.value, xs.value))
-    centre = viz._cell_centre(*target, explorer.stride)          # (x, y) in image pixels
+                  if hole_step(out.attention, 0, y, x) is not None and (y, x) != (ys.value, xs.value))
+    centre = viz.cell_centre(*target, explorer.stride)          # (x, y) in image pixels
     px, py = overview.transData.transform(centre)
     canvas.callbacks.process("button_press_event", MouseEvent("button_press_event", canvas, px, py, button=1))
     assert (ys.value, xs.value) == target

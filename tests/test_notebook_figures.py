@@ -1,5 +1,7 @@
-"""Tests for the lesson figures in csa_lib.viz: the pipeline diagram (notebook 00) and the fill comparison
-(notebook 03). They must draw without a display and show what their docstrings promise."""
+"""Tests for the lesson figures in notebooks/figures.py: the pipeline diagram (notebook 00) and the fill
+comparison (notebook 03). They must draw without a display and show what their docstrings promise."""
+import importlib.util
+
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: figures must never need a display
@@ -10,7 +12,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from csa_lib import viz  # noqa: E402
-from csa_lib.config import LossConfig  # noqa: E402
+from csa_lib.config import REPO_ROOT, LossConfig  # noqa: E402
+
+# Loaded from its file: the notebooks import it as notebooks.figures with the repository root on sys.path.
+_spec = importlib.util.spec_from_file_location("notebook_figures", REPO_ROOT / "notebooks" / "figures.py")
+figures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(figures)
 
 
 def _texts(fig) -> str:
@@ -18,7 +25,7 @@ def _texts(fig) -> str:
 
 
 def test_pipeline_diagram_names_every_part_and_the_weights():
-    fig = viz.pipeline_diagram(LossConfig(lambda_r=2.0, lambda_c=0.5, lambda_d=0.25))
+    fig = figures.pipeline_diagram(LossConfig(lambda_r=2.0, lambda_c=0.5, lambda_d=0.25))
     text = _texts(fig)
     for part in ("coarse net", "CSA layer", "refine\nencoder", "refine\ndecoder", "70×70 PatchGAN",
                  "VGG16 pool3", "relu4_3"):
@@ -27,13 +34,13 @@ def test_pipeline_diagram_names_every_part_and_the_weights():
     assert "\\lambda_r = 2" in text and "\\lambda_c = 0.5" in text and "\\lambda_d = 0.25" in text
     fig.canvas.draw()  # renders (mathtext included) without a display
     plt.close(fig)
-    default = _texts(viz.pipeline_diagram())
+    default = _texts(figures.pipeline_diagram())
     assert "\\lambda_c = 0.01" in default and "\\lambda_d = 0.002" in default
     plt.close("all")
 
 
 def test_zoom_slices():
-    rows, cols = viz.zoom_slices(10, 2, 5, 3)
+    rows, cols = figures.zoom_slices(10, 2, 5, 3)
     assert (rows.start, rows.stop, cols.start, cols.stop) == (7, 18, 0, 10)  # clipped at 0 on the left
 
 
@@ -46,10 +53,10 @@ def test_plot_fill_comparison_draws_fills_and_offsets():
     src = torch.full((S * S,), -1, dtype=torch.long)
     idx = hole.reshape(-1).nonzero().squeeze(1)
     src[idx] = idx + 4                                                  # every hole copies 4 to the right
-    zoom = viz.zoom_slices(5, 6, 4, 2)
+    zoom = figures.zoom_slices(5, 6, 4, 2)
     case = {"image": image, "hole": hole, "fills": [("ground truth", image), ("white", filled)],
             "sources": [("right", src), ("none", torch.full((S * S,), -1))], "zoom": zoom}
-    fig = viz.plot_fill_comparison([case, {**case, "zoom": None}], max_norm=4)
+    fig = figures.plot_fill_comparison([case, {**case, "zoom": None}], max_norm=4)
     axes = np.array(fig.axes).reshape(4, 4)
     assert [ax.get_title() for ax in axes[0, :2]] == ["ground truth (zoom)", "white (zoom)"]
     assert axes[2, 0].get_title() == "ground truth"                   # no zoom: no "(zoom)"
@@ -72,5 +79,5 @@ def test_plot_fill_comparison_draws_fills_and_offsets():
 def test_plot_fill_comparison_rejects_a_wrong_source_length():
     image, hole = torch.zeros(3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.bool)
     with pytest.raises(ValueError, match="entries"):
-        viz.plot_fill_comparison([{"image": image, "hole": hole, "fills": [], "sources": [("x", torch.zeros(5))]}])
+        figures.plot_fill_comparison([{"image": image, "hole": hole, "fills": [], "sources": [("x", torch.zeros(5))]}])
     plt.close("all")
