@@ -32,7 +32,7 @@ import numpy as np
 
 # torch is imported inside the commands: argument and file errors are then reported in a fraction
 # of a second, and `csa --help` is instant.
-from .config import PRESETS, Preset, apply_override, get_preset
+from .config import AMP_MODES, CSA_SEMANTICS, PRESETS, Preset, apply_override, get_preset
 from .errors import NO_CODE, TORCH_ADVICE, error_line  # noqa: F401  (also public here)
 
 
@@ -694,7 +694,7 @@ def fetch_weights(names=("vgg16", "inception_v3"), progress: bool = True) -> dic
     """
     import torch
 
-    from .vgg import _hash_prefix, read_torchvision_cache
+    from .vgg import read_torchvision_cache, torchvision_hash_prefix
 
     urls = weight_urls()
     unknown = [n for n in names if n not in urls]
@@ -707,7 +707,8 @@ def fetch_weights(names=("vgg16", "inception_v3"), progress: bool = True) -> dic
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path), progress=progress)
+                torch.hub.download_url_to_file(url, str(path), hash_prefix=torchvision_hash_prefix(path),
+                                               progress=progress)
             except OSError as e:  # URLError and socket errors: offline, proxy, DNS
                 reason = getattr(e, "reason", None) or e
                 raise CLIError(f"cannot download {name} weights from {url} ({reason}); offline? Copy "
@@ -1057,7 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=version_string())
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,inpaint,import-official,weights,demo}")
 
-    t = sub.add_parser("train", help="train a preset (smoke, demo, celeba64, paper256)")
+    t = sub.add_parser("train", help=f"train a preset ({', '.join(PRESETS)})")
     t.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
     t.add_argument("--data", help="image folder (default: the preset's; embedded photos for smoke/demo)")
     t.add_argument("--masks", help="folder of mask PNGs, white = hole (switches data.masks to 'folder')")
@@ -1067,9 +1068,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--device", help="auto | cpu | cuda")
     t.add_argument("--time-budget", type=float, help="stop (with a checkpoint) after this many seconds")
-    t.add_argument("--amp", choices=("auto", "bf16", "off"),
+    t.add_argument("--amp", choices=AMP_MODES,
                    help="mixed precision: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), "
-                        "else fp32; off = force fp32 (same as --set train.amp=off)")
+                        "else fp32; off (or fp32) = force fp32 (same as --set train.amp=off)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any preset field, e.g. --set train.batch_size=4 (repeatable)")
     t.add_argument("--strict-images", action="store_true",
@@ -1142,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--epoch", default="latest", help="epoch label of the files (default latest: "
                    "latest_net_*.pth, else the highest numbered epoch)")
     o.add_argument("--image-size", type=int, default=256, help="image size (the official nets: 256)")
-    o.add_argument("--semantics", choices=("official", "paper"), default="official",
+    o.add_argument("--semantics", choices=CSA_SEMANTICS, default="official",
                    help="CSA layer forward: the official code's similarities (default) or the paper's")
     o.add_argument("-o", "--output", required=True, help="checkpoint file to write (.pt)")
     o.set_defaults(func=cmd_import_official)

@@ -15,6 +15,16 @@ Presets
 - ``paper256``: the paper's setting: 256 px, full width, centre (120x120) or NVIDIA masks, the official
                 schedule (constant learning rate, then linear decay to zero).
 
+Validation
+----------
+Every section checks its own fields when it is built and again after each :func:`apply_override`
+(``validate()``, called by ``__post_init__``): a value outside the allowed tuple below (``LAYOUTS``,
+``MASK_KINDS``, ``ATTENTIONS``, ``CSA_SEMANTICS``, ``AMP_MODES``, ...) or a size that is not positive
+is one ``ValueError`` line naming the field and what it accepts. These tuples are the only list of the
+allowed values: the modules that act on a setting, and the ``csa`` command's choices, read them from here.
+Rules across sections (the model's and the data's image size agree) are the trainer's
+(``train.check_train_config``).
+
 Two fields no preset changes, each read by the trainer: ``train.grad_check`` (True: a NaN/Inf gradient
 norm stops training like a NaN/Inf loss; False checks the losses only) and ``train.num_samples`` (how many
 fixed evaluation images the periodic sample grids show).
@@ -53,6 +63,7 @@ loads unless the user did (``cli._thread_environment``).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -70,6 +81,49 @@ OFFICIAL_CENTER_HOLE = 120  # official default centre hole on a 256 image
 PAPER_CENTER_HOLE = 128  # evaluation protocol in the literature: 128x128 on 256
 FEATURE_LEVELS = 3  # the CSA layer works at 1/8 resolution
 FEATURE_THRESHOLD = 5 / 16  # official downsampled-mask threshold
+
+# The allowed values of the settings: one tuple per choice, read by the modules that act on them.
+LAYOUTS = ("folder", "celeba", "places2", "paris", "copytask")  # data.layout (csa_lib.data, csa_lib.copytask)
+RESIZES = ("square", "center_crop")  # data.resize (csa_lib.data.prepare_image)
+MASK_KINDS = ("center", "rect", "irregular", "folder")  # data.masks (csa_lib.masks.make_mask_source)
+ATTENTIONS = ("csa", "identity", "contextual", "shift")  # model.attention (csa_lib.networks.make_attention)
+CSA_SEMANTICS = ("paper", "official")  # model.csa_semantics: the CSA layer's forward (csa_lib.csa)
+CSA_BACKWARDS = ("autograd", "official")  # model.csa_backward: the CSA layer's backward (csa_lib.csa)
+LOSS_MODES = ("paper", "official")  # loss.mode (csa_lib.losses.InpaintingLoss)
+#: loss.consistency, the consistency-loss variants; formulas: csa_lib.losses.consistency_loss.
+CONSISTENCY_VARIANTS = ("paper_sum", "hole_mean", "hole_mean_scaled", "official_mean")
+AMP_MODES = ("auto", "bf16", "off", "fp32")  # train.amp (csa_lib.train.amp_dtype); "fp32" = "off"
+#: The widest model accepted (model.base_channels; the paper: 64; 512 is already 4,096 channels at the CSA layer).
+MAX_BASE_CHANNELS = 512
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> Any:
+    """``value`` if it is one of ``allowed``, else a ``ValueError`` naming ``name`` and the allowed values.
+
+    >>> check_choice("model.csa_semantics", "paper", CSA_SEMANTICS)
+    'paper'
+    """
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None, optional: bool = False,
+              what: str | None = None) -> None:
+    """Refuse anything but an integer in ``[minimum, maximum]`` (a bool is not one); ``optional``: None is
+    fine too. ``what`` words the rule in the message (default "a positive integer" / "an integer >= N")."""
+    if optional and value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        what = what or ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_image_size(name: str, value: Any) -> None:
+    """The networks' image size: a power of two >= 16 (the U-Nets halve it down to 1x1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= 16 (the U-Nets halve it down to 1x1), got {value!r}")
 
 
 def smoke_mode() -> bool:
@@ -106,6 +160,18 @@ class DataConfig:
     skip_bad_images: bool = True  # training: skip an unreadable image with a warning (False = stop with an error)
     eval_seed: int = 1234  # fixed evaluation masks come from this seed
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One ``ValueError`` line naming the first field no run can use (see the module docstring)."""
+        check_choice("data.layout", self.layout, LAYOUTS)
+        check_choice("data.resize", self.resize, RESIZES)
+        check_choice("data.masks", self.masks, MASK_KINDS)
+        check_int("data.image_size", self.image_size)
+        check_int("data.hole_size", self.hole_size, optional=True)
+        check_int("data.num_workers", self.num_workers, minimum=0)
+
 
 @dataclass
 class ModelConfig:
@@ -117,6 +183,20 @@ class ModelConfig:
     csa_backward: str = "autograd"  # "autograd" (true gradient) | "official" (custom rule)
     attention: str = "csa"  # "csa" | "identity" | "contextual" | "shift" (ablations)
     contextual_ksize: int = 3  # patch size of attention="contextual" (1 = single cells: active on small grids)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One ``ValueError`` line naming the first field that cannot build a network."""
+        check_image_size("model.image_size", self.image_size)
+        # 0 failed inside a convolution, 100,000 tried to allocate terabytes
+        check_int("model.base_channels", self.base_channels, maximum=MAX_BASE_CHANNELS,
+                  what=f"an integer in [1, {MAX_BASE_CHANNELS}] (the paper: 64)")
+        check_choice("model.csa_semantics", self.csa_semantics, CSA_SEMANTICS)
+        check_choice("model.csa_backward", self.csa_backward, CSA_BACKWARDS)
+        check_choice("model.attention", self.attention, ATTENTIONS)
+        check_int("model.contextual_ksize", self.contextual_ksize)
 
 
 @dataclass
@@ -139,6 +219,14 @@ class LossConfig:
     # Weight of the border total-variation term (losses.border_tv_loss: smoothness of the composite across
     # the hole's edge, Liu et al. 2018 use 0.1). 0 = off, as in the paper.
     tv_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One ``ValueError`` line naming an unknown loss mode or consistency variant."""
+        check_choice("loss.mode", self.mode, LOSS_MODES)
+        check_choice("loss.consistency", self.consistency, CONSISTENCY_VARIANTS)
 
 
 @dataclass
@@ -166,6 +254,24 @@ class TrainConfig:
     # the random initialisation; the discriminators and optimisers start fresh. Ignored on --resume.
     init_from: str | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One ``ValueError`` line naming the first setting that cannot work: without these checks
+        ``batch_size=0`` failed deep inside the data loader and ``steps=-1`` "finished" and reported a
+        checkpoint that was never written."""
+        for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every"):
+            check_int(f"train.{name}", getattr(self, name))
+        check_int("train.keep_every", self.keep_every, optional=True)
+        check_int("train.num_samples", self.num_samples)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr must be a positive number, got {self.lr!r}")
+        check_int("train.decay_start", self.decay_start, minimum=0, optional=True, what="None or a step >= 0")
+        if self.time_budget_s is not None and not self.time_budget_s >= 0:
+            raise ValueError(f"train.time_budget_s must be None or >= 0 seconds, got {self.time_budget_s!r}")
+        check_choice("train.amp", self.amp, AMP_MODES)
+
 
 @dataclass
 class Preset:
@@ -176,6 +282,11 @@ class Preset:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Every section's :meth:`validate` (fields changed by direct assignment are checked here)."""
+        for section in (self.data, self.model, self.loss, self.train):
+            section.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,12 +443,19 @@ def notebook_preset(name: str = "celeba64", fallback: str = "demo", **overrides:
 
 
 def apply_override(preset: Preset, key: str, value: Any) -> None:
-    """Set ``section.field`` (e.g. ``"train.steps"``) on ``preset`` in place, with a clear error."""
+    """Set ``section.field`` (e.g. ``"train.steps"``) on ``preset`` in place, with a clear error: an unknown
+    field, or a value the section's ``validate()`` refuses (the preset is then left unchanged)."""
     section, _, name = key.partition(".")
     target = getattr(preset, section, None)
     if not is_dataclass(target) or not name or not hasattr(target, name):
         raise ValueError(f"unknown setting {key!r} (expected section.field, e.g. train.steps)")
+    old = getattr(target, name)
     setattr(target, name, copy.deepcopy(value))
+    try:
+        target.validate()  # the section's rules (__post_init__ saw the values the preset was built with)
+    except ValueError:
+        setattr(target, name, old)  # the preset stays as it was
+        raise
 
 
 #: The notebooks' size profiles, smallest first (``notebook_profile``).

@@ -62,6 +62,9 @@ from torch import Tensor, nn
 
 from . import _csa_backend as backend
 from ._csa_backend import available_chains  # public here: csa.available_chains
+from .config import CSA_BACKWARDS as BACKWARDS
+from .config import CSA_SEMANTICS as SEMANTICS
+from .config import check_choice
 
 # Old names of two back-end helpers, still read by benchmarks/bench_csa.py and benchmarks/gpu_check.py.
 _cores_busy, _pick_chain = backend.cores_busy, backend.pick_chain
@@ -71,8 +74,6 @@ __all__ = ["CoherentSemanticAttention", "CSAAttention", "csa_reference", "availa
 
 NORM_EPS = 1e-8  # added to norms before dividing (the official code's value)
 GUARD_EPS = 1e-6  # paper mode: added to max(s, 0) so that d' + s' > 0 always
-SEMANTICS = ("paper", "official")
-BACKWARDS = ("autograd", "official")
 CHAINS = ("auto", "torch", "numba", "triton")
 
 
@@ -147,8 +148,7 @@ def _shape(t) -> str:
 
 def _check_semantics(semantics: str) -> bool:
     """Return True for the paper semantics; raise on unknown names."""
-    if semantics not in SEMANTICS:
-        raise ValueError(f"CSA: semantics must be one of {SEMANTICS}, got {semantics!r}")
+    check_choice("CSA: semantics", semantics, SEMANTICS)
     return semantics == "paper"
 
 
@@ -644,10 +644,8 @@ class CoherentSemanticAttention(nn.Module):
     def __init__(self, semantics: str = "paper", backward: str = "autograd", chain: str = "auto"):
         super().__init__()
         _check_semantics(semantics)
-        if backward not in BACKWARDS:
-            raise ValueError(f"CSA: backward must be one of {BACKWARDS}, got {backward!r}")
-        if chain not in CHAINS:
-            raise ValueError(f"CSA: chain must be one of {CHAINS}, got {chain!r}")
+        check_choice("CSA: backward", backward, BACKWARDS)
+        check_choice("CSA: chain", chain, CHAINS)
         self.semantics, self.backward, self.chain = semantics, backward, chain
 
     def extra_repr(self) -> str:

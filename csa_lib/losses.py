@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import LossConfig
+# The consistency variants (LossConfig.consistency, formulas in consistency_loss) are listed in config;
+# notebooks import CONSISTENCY_VARIANTS from here.
+from .config import CONSISTENCY_VARIANTS, LossConfig, check_choice
 # Under torchrun, the batch-coupled terms below sum over the global batch (identity in one process).
 from .distributed import batch_mean, global_count, global_sum
-
-MODES = ("paper", "official")
 
 
 def l1_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, hole_weight: float = 1.0) -> Tensor:
@@ -86,10 +86,6 @@ def match_channels(target: Tensor, channels: int) -> Tensor:
     return target.reshape(target.shape[0], channels, c // channels, *target.shape[2:]).mean(dim=2)
 
 
-#: The consistency-loss variants (``LossConfig.consistency``); see :func:`consistency_loss`.
-CONSISTENCY_VARIANTS = ("paper_sum", "hole_mean", "hole_mean_scaled", "official_mean")
-
-
 def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, variant: str = "hole_mean_scaled") -> Tensor:
     """Squared distance between a generator feature and VGG relu4_3 of the ground truth.
 
@@ -111,8 +107,7 @@ def consistency_loss(feat: Tensor, target: Tensor, hole: Tensor, variant: str = 
       elements of ``feat * hole - target``: ``L = mean((feat * m - target)^2)``. Known positions
       contribute the constant ``target^2``.
     """
-    if variant not in CONSISTENCY_VARIANTS:
-        raise ValueError(f"unknown consistency variant {variant!r}; choose one of {CONSISTENCY_VARIANTS}")
+    check_choice("consistency variant", variant, CONSISTENCY_VARIANTS)
     target = match_channels(target.float(), feat.shape[1])
     m = hole.float()
     if variant == "official_mean":
@@ -158,11 +153,7 @@ class InpaintingLoss(nn.Module):
     def __init__(self, cfg: LossConfig | None = None, vgg: nn.Module | None = None):
         super().__init__()
         cfg = cfg or LossConfig()
-        if cfg.mode not in MODES:
-            raise ValueError(f"LossConfig.mode={cfg.mode!r}; choose one of {MODES}")
-        if cfg.consistency not in CONSISTENCY_VARIANTS:
-            raise ValueError(f"LossConfig.consistency={cfg.consistency!r}; choose one of "
-                             f"{CONSISTENCY_VARIANTS}")
+        cfg.validate()  # loss.mode and loss.consistency, also after a direct assignment
         self.cfg = cfg
         if vgg is None and self.needs_vgg:
             from .vgg import VGG16Features

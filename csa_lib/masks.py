@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .config import FEATURE_LEVELS, FEATURE_THRESHOLD, OFFICIAL_CENTER_HOLE
+from .config import FEATURE_LEVELS, FEATURE_THRESHOLD, MASK_KINDS, OFFICIAL_CENTER_HOLE, check_choice
 
 Size = int | tuple[int, int]
 GeneratorLike = torch.Generator | int | None
@@ -341,21 +341,21 @@ def fixed_mask(mask: torch.Tensor, generator: GeneratorLike = None) -> torch.Ten
 
 
 def make_mask_source(data_cfg, train: bool = True) -> MaskSource:
-    """Callable ``source(generator) -> [1, H, W]`` for ``data_cfg.masks`` in
-    ``{"center", "rect", "irregular", "folder"}``. ``train=False`` turns off folder-mask augmentation."""
+    """Callable ``source(generator) -> [1, H, W]`` for ``data_cfg.masks``, one of
+    :data:`csa_lib.config.MASK_KINDS` (``"center"``, ``"rect"``, ``"irregular"``, ``"folder"``).
+    ``train=False`` turns off folder-mask augmentation."""
     # partial objects rather than lambdas: they pickle, so DataLoader workers can be spawned (macOS, Windows)
     size, kind, ratio = data_cfg.image_size, data_cfg.masks, tuple(data_cfg.hole_ratio)
+    check_choice("data.masks", kind, MASK_KINDS)
     if kind == "center":
         return functools.partial(fixed_mask, center_mask(size, data_cfg.hole_size))
     if kind == "rect":
         return functools.partial(random_rect_mask, size, ratio)
     if kind == "irregular":
         return functools.partial(irregular_mask, size, ratio)
-    if kind == "folder":
-        if not data_cfg.mask_dir:
-            raise ValueError("masks='folder' needs data.mask_dir (a folder of mask PNGs, white = hole)")
-        return MaskFolder(data_cfg.mask_dir, size, augment=train)
-    raise ValueError(f"unknown mask kind {kind!r}; choose center, rect, irregular or folder")
+    if not data_cfg.mask_dir:  # kind == "folder"
+        raise ValueError("masks='folder' needs data.mask_dir (a folder of mask PNGs, white = hole)")
+    return MaskFolder(data_cfg.mask_dir, size, augment=train)
 
 
 # ----------------------------------------------------------------------------------------------------

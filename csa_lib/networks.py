@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import FEATURE_LEVELS, FEATURE_THRESHOLD, ModelConfig
+from .config import ATTENTIONS, FEATURE_LEVELS, FEATURE_THRESHOLD, ModelConfig, check_choice, check_image_size
 from .masks import feature_mask
 
 #: Colour put into the hole before the coarse net, in [-1, 1] units. The official code writes
@@ -39,15 +39,10 @@ from .masks import feature_mask
 #: last two channels swapped (a BGR/RGB slip). Kept as in the official code; it is only a constant.
 FILL_OFFICIAL = tuple(2 * v / 255 - 1 for v in (123.0, 104.0, 117.0))
 
-ATTENTIONS = ("csa", "identity", "contextual", "shift")
-
 
 def _levels(image_size: int) -> int:
-    n = int(round(math.log2(image_size)))
-    if 2**n != image_size or image_size < 16:
-        raise ValueError(f"image_size must be a power of two >= 16 (the U-Nets halve it down to 1x1), "
-                         f"got {image_size}")
-    return n
+    check_image_size("image_size", image_size)
+    return int(round(math.log2(image_size)))
 
 
 def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
@@ -147,6 +142,7 @@ def make_attention(kind: str, channels: int, csa_semantics: str = "paper",
 
     ``contextual_ksize``: patch size of contextual attention (3 = DeepFill; at a 64-px image's 8x8 grid a
     large hole often leaves no complete known 3x3 window, and the layer is then the identity: use 1)."""
+    check_choice("attention", kind, ATTENTIONS)
     if kind == "csa":
         from .csa import CoherentSemanticAttention
 
@@ -157,9 +153,7 @@ def make_attention(kind: str, channels: int, csa_semantics: str = "paper",
         from .peers import ContextualAttention
 
         return ContextualAttention(ksize=contextual_ksize)
-    if kind == "shift":
-        return _ShiftFused(channels)
-    raise ValueError(f"unknown attention {kind!r}; choose one of {ATTENTIONS}")
+    return _ShiftFused(channels)  # kind == "shift"
 
 
 class _RefineLevel(nn.Module):
@@ -422,7 +416,6 @@ def build_models(cfg: ModelConfig | None = None) -> tuple[CSAInpainter, PatchDis
                                                            FeaturePatchDiscriminator]:
     """(generator, image discriminator, feature discriminator) for ``cfg``, freshly initialised."""
     cfg = cfg or ModelConfig()
-    if cfg.attention not in ATTENTIONS:
-        raise ValueError(f"ModelConfig.attention={cfg.attention!r}; choose one of {ATTENTIONS}")
+    cfg.validate()  # a field assigned directly since the config was built
     return (CSAInpainter(cfg), PatchDiscriminator(cfg.base_channels),
             FeaturePatchDiscriminator(256, cfg.base_channels, cfg.image_size))

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig, Preset, get_preset
+from .config import CSA_SEMANTICS, ModelConfig, Preset, check_choice, get_preset
 from .networks import CSAInpainter, FeaturePatchDiscriminator, PatchDiscriminator
 from .runfiles import atomic_save
 
@@ -263,8 +263,7 @@ def load_official_checkpoint(folder: str | Path, epoch: str | int = "latest", im
     Raises :class:`OfficialCheckpointError` (one line) naming the file and the missing, unexpected or
     mis-shaped key.
     """
-    if semantics not in ("official", "paper"):
-        raise ValueError(f"semantics must be 'official' or 'paper', got {semantics!r}")
+    check_choice("semantics", semantics, CSA_SEMANTICS)
     files = official_files(folder, epoch, "GPDF" if with_discriminators else "GP")
     states = {label: _read_state(path) for label, path in files.items()}
     first = states["P"].get("model.model.0.weight")

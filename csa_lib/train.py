@@ -56,7 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .config import Preset, apply_override, in_jupyter
+from .config import AMP_MODES, MAX_BASE_CHANNELS, Preset, apply_override, check_choice, in_jupyter  # noqa: F401
 from .data import build_dataset
 from .devices import resolve_device
 from .errors import first_line
@@ -72,7 +72,6 @@ from .vgg import VGG16Features
 
 #: Shown on the progress bar (the rest goes to log.jsonl / TensorBoard).
 BAR_KEYS = {"G/l1_refined": "l1", "G/total": "G", "D/total": "D", "images_per_s": "img/s"}
-AMP_MODES = ("auto", "bf16", "off", "fp32")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -90,46 +89,26 @@ class NonFiniteLossError(RuntimeError):
 def check_train_config(preset: Preset) -> None:
     """Refuse settings that cannot work, with one line naming the field (``ValueError``).
 
-    Without this, ``train.batch_size=0`` fails deep inside the data loader and ``train.steps=-1``
-    "finishes" and reports a checkpoint that was never written.
+    Every section's own rules (``Preset.validate``: a field assigned directly, not through
+    ``apply_override``, is checked here too), then :func:`check_model_config`'s rule across sections.
     """
-    cfg = preset.train
-    positive = {"batch_size": cfg.batch_size, "steps": cfg.steps, "log_every": cfg.log_every,
-                "sample_every": cfg.sample_every, "ckpt_every": cfg.ckpt_every, "num_samples": cfg.num_samples}
-    if cfg.keep_every is not None:
-        positive["keep_every"] = cfg.keep_every
-    for name, value in positive.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ValueError(f"train.lr must be a positive number, got {cfg.lr!r}")
-    if cfg.decay_start is not None and (not isinstance(cfg.decay_start, int) or cfg.decay_start < 0):
-        raise ValueError(f"train.decay_start must be None or a step >= 0, got {cfg.decay_start!r}")
-    if cfg.time_budget_s is not None and not cfg.time_budget_s >= 0:
-        raise ValueError(f"train.time_budget_s must be None or >= 0 seconds, got {cfg.time_budget_s!r}")
-    if not isinstance(preset.data.num_workers, int) or preset.data.num_workers < 0:
-        raise ValueError(f"data.num_workers must be an integer >= 0, got {preset.data.num_workers!r}")
+    preset.validate()
     check_model_config(preset)
-
-
-#: The widest model accepted (the paper: 64; 512 is already 4,096 channels at the CSA layer).
-MAX_BASE_CHANNELS = 512
 
 
 def check_model_config(preset: Preset, data: bool = True, where: str = "") -> None:
     """Refuse model settings that cannot build a network, with one line naming the field (``ValueError``).
 
-    ``model.base_channels`` an integer in [1, :data:`MAX_BASE_CHANNELS`] (0 failed inside a convolution,
-    100,000 tried to allocate terabytes), ``model.image_size`` a power of two >= 16 and, with ``data``,
-    equal to ``data.image_size`` (the generator only takes images of its own size). ``where`` prefixes
-    the message (a checkpoint's name).
+    ``ModelConfig.validate`` (``model.base_channels`` an integer in [1, :data:`MAX_BASE_CHANNELS`],
+    ``model.image_size`` a power of two >= 16, ...) and, with ``data``, ``data.image_size`` equal to
+    ``model.image_size`` (the generator only takes images of its own size). ``where`` prefixes the
+    message (a checkpoint's name).
     """
-    base, size = preset.model.base_channels, preset.model.image_size
-    if isinstance(base, bool) or not isinstance(base, int) or not 1 <= base <= MAX_BASE_CHANNELS:
-        raise ValueError(f"{where}model.base_channels must be an integer in [1, {MAX_BASE_CHANNELS}] "
-                         f"(the paper: 64), got {base!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size & (size - 1):
-        raise ValueError(f"{where}model.image_size must be a power of two >= 16, got {size!r}")
+    try:
+        preset.model.validate()
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+    size = preset.model.image_size
     if data and preset.data.image_size != size:
         raise ValueError(f"{where}data.image_size={preset.data.image_size!r} differs from model.image_size={size}: "
                          f"the generator takes {size}-px images only; set both to the same power of two")
@@ -179,8 +158,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     ``"bf16"``: always bf16; ``"off"`` (or ``"fp32"``): always full fp32. In every case the CSA layer,
     the losses' reductions and the optimiser stay in fp32.
     """
-    if amp not in AMP_MODES:
-        raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    check_choice("train.amp", amp, AMP_MODES)
     if amp == "bf16":
         return torch.bfloat16
     if amp == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
@@ -336,11 +314,19 @@ def init_generator(generator: nn.Module, path: str | Path) -> None:
         raise ValueError(f"train.init_from: {path} does not fit this model: {str(e).splitlines()[0]}") from None
 
 
+def preset_of(ckpt: dict) -> Preset:
+    """The :class:`Preset` a loaded checkpoint was trained with; a setting its sections refuse (e.g. a
+    hand-edited ``model.base_channels=100000``) is one ``ValueError`` line naming the checkpoint."""
+    try:
+        return Preset.from_dict(ckpt["preset"])
+    except ValueError as e:
+        raise ValueError(f"checkpoint {ckpt['path']}: {e}") from None
+
+
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """``(generator in eval mode on device, Preset)`` from a checkpoint file or run folder."""
     ckpt = load_checkpoint(checkpoint)
-    preset = Preset.from_dict(ckpt["preset"])
-    check_model_config(preset, data=False, where=f"checkpoint {ckpt['path']}: ")
+    preset = preset_of(ckpt)
     generator = build_models(preset.model)[0]
     generator.load_state_dict(ckpt["generator"])
     return generator.to(device).eval(), preset
@@ -596,7 +582,7 @@ class Trainer:
                 finish_interrupted_save(run_dir)
             distributed.barrier()
             ckpt = load_checkpoint(path)
-            preset = Preset.from_dict(ckpt["preset"])
+            preset = preset_of(ckpt)
             _check_resume_overrides(preset, overrides)
             preset.train.out_dir = str(run_dir_of(Path(ckpt["path"])))
             for key, value in overrides.items():

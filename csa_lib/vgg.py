@@ -91,14 +91,16 @@ def _download_torchvision_state_dict() -> dict[str, Tensor]:
     cache = torchvision_cache_file()
     if not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(_torchvision_weights().url, str(cache), hash_prefix=_hash_prefix(cache),
-                                       progress=True)
+        torch.hub.download_url_to_file(_torchvision_weights().url, str(cache),
+                                       hash_prefix=torchvision_hash_prefix(cache), progress=True)
     return read_torchvision_cache(cache)
 
 
-def _hash_prefix(path: Path) -> str | None:
-    """The hash prefix that torchvision's file names carry: ``vgg16-397923af.pth`` -> ``397923af``."""
-    stem = path.name.split(".")[0]
+def torchvision_hash_prefix(path: str | Path) -> str | None:
+    """The SHA-256 prefix that torchvision's weight file names carry: ``vgg16-397923af.pth`` -> ``397923af``
+    (None for a name without one). ``torch.hub.download_url_to_file`` and :func:`read_torchvision_cache`
+    check a file against it; ``csa weights`` uses it for the Inception-v3 file as well."""
+    stem = Path(path).name.split(".")[0]
     prefix = stem.rpartition("-")[2]
     return prefix if len(prefix) >= 8 and all(c in "0123456789abcdef" for c in prefix) else None
 
@@ -110,7 +112,7 @@ def read_torchvision_cache(path: str | Path) -> dict[str, Tensor]:
     dict (nothing in the file is executed either way).
     """
     path = Path(path)
-    want = _hash_prefix(path)
+    want = torchvision_hash_prefix(path)
     if want is not None:
         digest = sha256_file(path)
         if not digest.startswith(want):

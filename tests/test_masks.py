@@ -173,8 +173,12 @@ def test_mask_sources_pickle(kind, tmp_path):
 
 
 def test_make_mask_source_errors():
-    with pytest.raises(ValueError, match="unknown mask kind"):
-        make_mask_source(DataConfig(masks="stars"))
+    with pytest.raises(ValueError, match="data.masks must be one of center, rect, irregular, folder"):
+        DataConfig(masks="stars")  # the config refuses it (csa_lib.config.MASK_KINDS) ...
+    cfg = DataConfig()
+    cfg.masks = "stars"  # ... and so does the mask source, for a field assigned directly
+    with pytest.raises(ValueError, match="data.masks must be one of"):
+        make_mask_source(cfg)
     with pytest.raises(ValueError, match="mask_dir"):
         make_mask_source(DataConfig(masks="folder"))
 
