@@ -46,8 +46,8 @@ def test_notebook_teaches_and_starts_with_setup(path: Path):
 # --------------------------------------------------------------------------------------------------
 # Teaching rules (issue 14): runtime line, answerable exercises, references that resolve
 # --------------------------------------------------------------------------------------------------
-#: (notebook, rule) pairs not yet met, owned by other work in progress (issue 23: 07 and 09 are being
-#: rewritten by others). Strict: once a notebook meets the rule its entry must go.
+#: (notebook, rule) pairs not yet met by work in progress, each an expected failure. Empty: every notebook
+#: meets every rule. Strict: once a notebook meets the rule its entry must go.
 PENDING: set = set()
 
 
