@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from csa_lib.attention_stats import (activity, feature_cosine_by_distance, format_statistics,
                                          measure_attention, replaced_attention)
     from csa_lib.metrics import NVIDIA_BINS, held_out_faces, psnr
-    from csa_lib.viz import run_with_attention_input
+    from csa_lib.attention_stats import run_with_attention_input
 
     G = load_model(args.model)
     protocol = held_out_faces(n=args.n)

@@ -85,6 +85,8 @@ FEATURE_THRESHOLD = 5 / 16  # official downsampled-mask threshold
 # The allowed values of the settings: one tuple per choice, read by the modules that act on them.
 LAYOUTS = ("folder", "celeba", "places2", "paris", "copytask")  # data.layout (csa_lib.data, csa_lib.copytask)
 RESIZES = ("square", "center_crop")  # data.resize (csa_lib.data.prepare_image)
+#: data.copy_kind (csa_lib.copytask): a periodic texture, a twin rectangle, a sheared lattice
+COPY_KINDS = ("periodic", "twin", "lattice")
 MASK_KINDS = ("center", "rect", "irregular", "folder")  # data.masks (csa_lib.masks.make_mask_source)
 ATTENTIONS = ("csa", "identity", "contextual", "shift")  # model.attention (csa_lib.networks.make_attention)
 CSA_SEMANTICS = ("paper", "official")  # model.csa_semantics: the CSA layer's forward (csa_lib.csa)
@@ -168,6 +170,7 @@ class DataConfig:
         check_choice("data.layout", self.layout, LAYOUTS)
         check_choice("data.resize", self.resize, RESIZES)
         check_choice("data.masks", self.masks, MASK_KINDS)
+        check_choice("data.copy_kind", self.copy_kind, COPY_KINDS)
         check_int("data.image_size", self.image_size)
         check_int("data.hole_size", self.hole_size, optional=True)
         check_int("data.num_workers", self.num_workers, minimum=0)

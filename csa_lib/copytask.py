@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .config import COPY_KINDS
+
 #: The CSA level's cell side in pixels (the layer works at 1/8 resolution, ``config.FEATURE_LEVELS``).
 CELL = 8
 #: Periods (pixels, per axis) and hole sides (cells) of the default task; at 64 px a hole is 2-3 cells a side.
@@ -44,8 +46,8 @@ DEFAULT_HOLE_CELLS = (2, 3)
 #: the hole and a ring around it repeat one other rectangle and its ring (one copy, anywhere).
 #: ``"lattice"``: a periodic texture on a random sheared lattice, periods ``(P_y, s)`` and ``(0, P_x)`` with a
 #: shear ``s`` (a multiple of 8 below ``P_x``): the copy's direction varies from image to image, not only its
-#: distance, so a convolution cannot learn a few fixed shifts.
-KINDS = ("periodic", "twin", "lattice")
+#: distance, so a convolution cannot learn a few fixed shifts. (The list lives in config: one home per rule.)
+KINDS = COPY_KINDS
 
 
 @dataclass(frozen=True)

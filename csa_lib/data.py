@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from .config import SHARED_ROOT
+from .config import RESIZES, SHARED_ROOT
 from .copytask import CopyTask  # noqa: F401  (public here: csa_lib.data.CopyTask)
 from .masks import check_mask, fixed_mask, make_mask_source
 
@@ -86,13 +86,13 @@ def load_image(path: str | Path, mode: str = "RGB", what: str = "image") -> Imag
         with Image.open(path) as im:
             im.load()  # decode now, so truncated files fail here and not later
             im = ImageOps.exif_transpose(im)
-            return _to_8bit(im).convert(mode)
+            return to_8bit(im).convert(mode)
     except Exception as e:  # PIL raises many different types for bad files
         reason = " ".join(str(e).replace(f"'{path}'", "").split()) or type(e).__name__  # the path once
         raise OSError(f"cannot read {what} {path}: {reason}") from e
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
+def to_8bit(im: Image.Image) -> Image.Image:
     """A PIL image in an 8-bit mode (L, RGB, RGBA, ...), high bit depths scaled to 0..255."""
     if im.mode == "P":
         return im.convert("RGBA")  # palette images may carry transparency
@@ -294,8 +294,8 @@ class InpaintingDataset(Dataset):
                  augment: tuple[float, float, float] = (0.0, 0.0, 0.0)):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if resize not in ("square", "center_crop"):
-            raise ValueError(f"unknown resize policy {resize!r}; choose 'square' or 'center_crop'")
+        if resize not in RESIZES:
+            raise ValueError(f"unknown resize policy {resize!r}; choose one of {RESIZES}")
         if files is None:
             if root is None:
                 raise ValueError("give an image folder (root) or a list of files")

@@ -201,9 +201,9 @@ def _mask_array(mask, size: tuple[int, int], what: str = "mask") -> np.ndarray:
         if mask.size != (W, H):
             raise ValueError(f"size mismatch: the image is {W}x{H} but the {what} is {mask.size[0]}x{mask.size[1]} "
                              "(width x height)")
-        from .data import _to_8bit
+        from .data import to_8bit
 
-        return _threshold(np.asarray(_to_8bit(mask).convert("L")), what)
+        return _threshold(np.asarray(to_8bit(mask).convert("L")), what)
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     if not isinstance(mask, np.ndarray):
@@ -240,9 +240,9 @@ def _mask_array(mask, size: tuple[int, int], what: str = "mask") -> np.ndarray:
 def _image_array(image) -> np.ndarray:
     """uint8 ``[H, W, 3]`` RGB pixels from a PIL image, numpy array or tensor (conventions: module doc)."""
     if isinstance(image, Image.Image):
-        from .data import _to_8bit
+        from .data import to_8bit
 
-        return np.asarray(_to_8bit(image).convert("RGB"))
+        return np.asarray(to_8bit(image).convert("RGB"))
     if isinstance(image, torch.Tensor):
         return _tensor_pixels(image)
     if not isinstance(image, np.ndarray):

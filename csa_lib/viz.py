@@ -39,7 +39,6 @@ from .attention_maps import (attention_heatmap, attention_offsets, chain_balance
                              contextual_heatmap, contextual_sources, csa_sources, grid_stride, hole_map,
                              hole_step, neighbour_coherence, offsets_from_sources, upsample_map, upsample_offsets)
 # benchmarks/face_attention.py imports the runner from here, where it lived; its home is attention_stats.
-from .attention_stats import run_with_attention_input  # noqa: F401
 
 # --------------------------------------------------------------------------------------------------
 # Colour wheel
