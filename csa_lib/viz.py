@@ -133,7 +133,8 @@ def masked_display(image: torch.Tensor, mask: torch.Tensor, fill: float = 1.0) -
     return img
 
 
-def _grid(n_rows: int, n_cols: int, cell: float = 2.6) -> tuple[Figure, np.ndarray]:
+def panel_grid(n_rows: int, n_cols: int, cell: float = 2.6) -> tuple[Figure, np.ndarray]:
+    """A grid of image panels without ticks (``cell`` inches per panel); ``axes`` is ``[n_rows, n_cols]``."""
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -192,7 +193,7 @@ def plot_offsets(offsets: torch.Tensor, ax=None, max_norm: float | None = None, 
                  legend: bool = True) -> Figure:
     """Draw an offset field ``[2, H, W]`` (dy, dx) with the colour wheel (legend inset top right)."""
     if ax is None:
-        fig, axes = _grid(1, 1, cell=3.2)
+        fig, axes = panel_grid(1, 1, cell=3.2)
         ax = axes[0, 0]
     ax.imshow(flow_to_color(offsets, max_norm), interpolation="nearest")
     ax.set_title(title, fontsize=9)
@@ -228,7 +229,7 @@ def plot_attention(image: torch.Tensor, mask: torch.Tensor, att, i: int = 0, t: 
     stride = grid_stride(att.size, (H, W))
     t = _default_step(att, i) if t is None else t
     (step, *_) = chain_predecessors(att, i, t, k=0)
-    fig, axes = _grid(1, 4)
+    fig, axes = panel_grid(1, 4)
     axes[0, 0].imshow(masked_display(image, mask))
     axes[0, 0].set_title("input (masked)", fontsize=9)
     plot_offsets(upsample_offsets(attention_offsets(att, i), (H, W)), ax=axes[0, 1], title="CSA offsets")
@@ -248,7 +249,7 @@ def plot_chain_balance(att, i: int = 0, image: torch.Tensor | None = None,
     (continue the previously generated vector), on the feature grid; known positions blank."""
     a_map, b_map = chain_balance(att, i)
     n = 3 if image is not None else 2
-    fig, axes = _grid(1, n, cell=3.0)
+    fig, axes = panel_grid(1, n, cell=3.0)
     if image is not None:
         axes[0, 0].imshow(masked_display(image, mask) if mask is not None else to_display(image))
         axes[0, 0].set_title("input", fontsize=9)
@@ -287,7 +288,7 @@ def compare_attention(image: torch.Tensor, mask: torch.Tensor, att, scores: torc
     max_norm = float(max(torch.hypot(*off_csa).max(), torch.hypot(*off_ca).max(), 1.0))
     t = _default_step(att, i) if t is None else t
     y, x = chain_predecessors(att, i, t, k=0)[0]["pos"]
-    fig, axes = _grid(2, 3)
+    fig, axes = panel_grid(2, 3)
     axes[0, 0].imshow(masked_display(image, mask))
     axes[0, 0].set_title("input (masked)", fontsize=9)
     for col, (name, src, off) in enumerate((("CSA", src_csa, off_csa), ("contextual", src_ca, off_ca)), 1):
@@ -336,7 +337,7 @@ def inpainting_grid(images: Any, image: torch.Tensor | None = None, mask: torch.
         panels.append(("ground truth", lambda b: to_display(image[b])))
     batch = next(iter(images.values())).shape[0] if images else image.shape[0]
     rows = min(n, batch)
-    fig, axes = _grid(rows, len(panels), cell=2.0)
+    fig, axes = panel_grid(rows, len(panels), cell=2.0)
     for b in range(rows):
         for c, (name, draw) in enumerate(panels):
             axes[b, c].imshow(draw(b))
@@ -410,7 +411,7 @@ def explorer_static(image: torch.Tensor, mask: torch.Tensor, att, positions: Seq
     if T == 0:
         raise ValueError(f"image {i} has no hole positions at the feature resolution")
     positions = [0, T // 2, T - 1] if positions is None else list(positions)
-    fig, axes = _grid(len(positions), 3, cell=2.8)
+    fig, axes = panel_grid(len(positions), 3, cell=2.8)
     for r, p in enumerate(positions):
         _draw_explorer_row(axes[r], image, mask, att, i, _as_step(att, i, p), k)
     fig.tight_layout()
@@ -464,7 +465,7 @@ class AttentionExplorer:
 
     def figure(self, y: int, x: int) -> Figure:
         """The three explorer panels for feature cell ``(y, x)`` (a message if it is a known position)."""
-        fig, axes = _grid(1, 3, cell=2.8)
+        fig, axes = panel_grid(1, 3, cell=2.8)
         self.draw(axes[0], y, x)
         fig.tight_layout()
         return fig
@@ -553,7 +554,7 @@ def plot_source_arrows(image: torch.Tensor, mask: torch.Tensor, sources: torch.T
     ``[h*w]`` colours the arrows: green = right, red = wrong (all white when None).
     """
     if ax is None:
-        fig, axes = _grid(1, 1, cell=3.2)
+        fig, axes = panel_grid(1, 1, cell=3.2)
         ax = axes[0, 0]
     H, W = image.shape[-2:]
     n = sources.numel()

@@ -20,25 +20,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from csa_lib.attention_maps import offsets_from_sources
 from csa_lib.config import LossConfig
-from csa_lib.viz import color_wheel_image, flow_to_color, masked_display, to_display
+from csa_lib.viz import color_wheel_image, flow_to_color, masked_display, panel_grid, to_display
 
 __all__ = ["pipeline_diagram", "zoom_slices", "plot_fill_comparison"]
-
-
-def _grid(n_rows: int, n_cols: int, cell: float = 2.6) -> tuple[Figure, np.ndarray]:
-    """A grid of image panels without ticks (``cell`` inches per panel)."""
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig, axes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +116,7 @@ def plot_fill_comparison(cases: Sequence[dict], max_norm: float | None = None) -
     hole is outlined (dashed) in every zoomed panel.
     """
     n_cols = max(max(len(c["fills"]), 2 + len(c["sources"])) for c in cases)
-    fig, axes = _grid(2 * len(cases), n_cols, cell=2.6)
+    fig, axes = panel_grid(2 * len(cases), n_cols, cell=2.6)
     for r, case in enumerate(cases):
         image, hole = case["image"], case["hole"].reshape(case["image"].shape[-2:]).bool()
         H, W = hole.shape
