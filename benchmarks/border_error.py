@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from csa_lib.baselines import biharmonic_inpaint
-    from csa_lib.metrics import border_distance, held_out_faces, to_unit
+    from csa_lib.masks import border_distance
+    from csa_lib.metrics import held_out_faces, to_unit
 
     if args.model.startswith("pretrained:"):
         from csa_lib.pretrained import load_pretrained
@@ -69,6 +70,13 @@ def main(argv=None) -> int:
     print("post-processing candidate: the 1-px ring blended with the mean of its known 8-neighbours")
     for a in (0.25, 0.5, 1.0):
         line(out.composite * (1 - ring * a) + nbr * ring * a, d == 1, f"blend weight {a}")
+    print("option candidate: the rings at 1 and 2 px blended with the biharmonic fill (weights w1, w2)")
+    for w1, w2 in ((0.5, 0.0), (0.7, 0.0), (0.7, 0.3), (0.8, 0.4), (1.0, 0.5)):
+        w = (d == 1).float() * w1 + (d == 2).float() * w2
+        blended = out.composite * (1 - w) + bh * w
+        line(blended, d == 1, f"w1 {w1} w2 {w2}, 1 px"), line(blended, d == 2, f"w1 {w1} w2 {w2}, 2 px")
+        line(blended, m.bool(), f"w1 {w1} w2 {w2}, whole hole")
+    line(out.composite, m.bool(), "composite, whole hole"), line(bh, m.bool(), "biharmonic, whole hole")
     return 0
 
 

@@ -46,8 +46,7 @@ def main(argv=None) -> int:
             overrides[key] = text  # a plain string such as csa
     preset = get_preset("copytask", **overrides)
     d = preset.data
-    held_out = CopyTask(args.n, d.image_size, seed=d.eval_seed, block=d.copy_block, kind=d.copy_kind,
-                        periods=d.copy_periods)
+    held_out = CopyTask.from_config(d, args.n, seed=d.eval_seed)
     images, masks, targets = copytask_batch(held_out)
     trainer = Trainer(preset, progress=False)
     start = time.time()

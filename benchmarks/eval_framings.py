@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], metavar="NAME=SPEC", required=True)
     ap.add_argument("--coarse", action="append", default=[], metavar="NAME")
+    ap.add_argument("--border-blend", action="append", default=[], metavar="NAME",
+                    help="also score model NAME with csa_lib.baselines.border_blend (row 'NAME + blend')")
     ap.add_argument("--data", type=Path, default=SHARED_ROOT / "data" / "celeba_10k")
     ap.add_argument("--masks", type=Path, default=SHARED_ROOT / "data" / "nvidia_masks_256")
     ap.add_argument("-n", type=int, default=1000, help="held-out faces (from face 9,001)")
@@ -84,10 +86,20 @@ def main(argv=None) -> int:
         if not path.is_dir():
             ap.error(f"{what} {path} is not a folder")
 
-    from csa_lib.baselines import biharmonic_inpaint
+    from csa_lib.baselines import biharmonic_inpaint, border_blend
     from csa_lib.metrics import evaluate, held_out_faces, results_table
 
     models = {name: load_model(spec) for name, spec in (m.split("=", 1) for m in args.model)}
+    for name in args.border_blend:
+        if name not in models:
+            ap.error(f"--border-blend {name}: no --model of that name")
+
+    def blended(g):
+        def fill(x, m):
+            with torch.no_grad():
+                return border_blend(g(x, m).refined.float(), x, m)
+        return fill
+    scored = list(models) + [f"{name} + blend" for name in args.border_blend]
     framings = FRAMINGS if args.framings == "all" else [FRAMINGS[int(k)] for k in args.framings.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     tables, summary, raw = [], [], {}
@@ -100,6 +112,8 @@ def main(argv=None) -> int:
             if name in args.coarse:
                 fills[f"{name} coarse"] = (g, {"stage": "coarse"})
             fills[name] = (g, {})
+            if name in args.border_blend:
+                fills[f"{name} + blend"] = (blended(g), {})
         results, centre_rows = {}, {}
         for name, (fn, extra) in fills.items():
             kw = dict(batch_size=args.batch_size, progress=False, masks=protocol.describe(),
@@ -112,7 +126,7 @@ def main(argv=None) -> int:
         summ = {name: r.summary() for name, r in results.items()}
         raw[fname] = {"bins": summ, "centre": centre_rows, "framing": [dy, dx, zoom]}
         bh = summ["biharmonic"]
-        for name in models:
+        for name in scored:
             m = summ[name]
             cells = [f"{m[b]['psnr'] - bh[b]['psnr']:+.2f} / {100 * (m[b]['l1'] - bh[b]['l1']):+.2f}" for b in BIG_BINS]
             c = centre_rows[name]["psnr"] - centre_rows["biharmonic"]["psnr"]

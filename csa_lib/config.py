@@ -158,6 +158,8 @@ class DataConfig:
     copy_block: int = 4  # layout "copytask": side of one colour block in pixels (divides the 8-px cell)
     copy_kind: str = "periodic"  # layout "copytask": "periodic" | "twin" | "lattice" (csa_lib.copytask.KINDS)
     copy_periods: tuple[int, ...] | None = None  # layout "copytask": periods in px (None = copytask.DEFAULT_PERIODS)
+    copy_hole_cells: tuple[int, ...] | None = None  # layout "copytask": hole sides in 8-px cells (None = (2, 3))
+    copy_ring: int = 8  # layout "copytask", kind "twin": px of repeated context around the hole and its twin
     num_workers: int = 0
     skip_bad_images: bool = True  # training: skip an unreadable image with a warning (False = stop with an error)
     eval_seed: int = 1234  # fixed evaluation masks come from this seed

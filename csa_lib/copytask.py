@@ -99,6 +99,12 @@ class CopyTask(Dataset):
         self.n, self.image_size, self.seed, self.block = n, image_size, int(seed), block
         self.periods, self.hole_cells = periods, hole_cells
 
+    @classmethod
+    def from_config(cls, data_cfg, n: int, seed: int) -> "CopyTask":
+        """The task a ``DataConfig`` with ``layout="copytask"`` describes (``copy_*`` fields), ``n`` items."""
+        return cls(n, data_cfg.image_size, seed=seed, block=data_cfg.copy_block, kind=data_cfg.copy_kind,
+                   periods=data_cfg.copy_periods, hole_cells=data_cfg.copy_hole_cells, ring=data_cfg.copy_ring)
+
     def __len__(self) -> int:
         return self.n
 

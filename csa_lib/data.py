@@ -501,9 +501,7 @@ def build_dataset(data_cfg, split: str = "train") -> Dataset:
     rng = data_cfg.train_range if train else data_cfg.eval_range
     if data_cfg.layout == "copytask":  # synthetic: training items from seed 0, evaluation from eval_seed
         start, stop = rng if rng is not None else ((0, 200_000) if train else (0, 256))
-        return CopyTask(stop - start, data_cfg.image_size, seed=0 if train else data_cfg.eval_seed,
-                        block=data_cfg.copy_block, kind=data_cfg.copy_kind,
-                        periods=data_cfg.copy_periods)
+        return CopyTask.from_config(data_cfg, stop - start, seed=0 if train else data_cfg.eval_seed)
     if data_cfg.root is None:
         start, stop = rng if rng is not None else (0, 1000 if train else 32)
         seed = None if train else seed + start

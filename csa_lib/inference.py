@@ -74,8 +74,8 @@ class InpaintModel:
     def image_size(self) -> int:
         return int(self.preprocessing["image_size"])
 
-    def __call__(self, image, mask, return_details: bool = False):
-        return inpaint(self, image, mask, return_details=return_details)
+    def __call__(self, image, mask, return_details: bool = False, border_blend: bool = False):
+        return inpaint(self, image, mask, return_details=return_details, border_blend=border_blend)
 
 
 def checkpoint_preprocessing(preset) -> dict:
@@ -371,7 +371,7 @@ def _check_hole(hole: torch.Tensor, image_size: tuple[int, int]) -> bool:
 
 
 def inpaint_tensor(generator: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, preprocessing,
-                   return_details: bool = False):
+                   return_details: bool = False, border_blend: bool = False):
     """Fill the hole of one image of any size with a generator trained at a fixed size (tensors).
 
     image ``[3, H, W]`` in [-1, 1], mask ``[1, H, W]`` (1 = hole); ``preprocessing``: see
@@ -380,6 +380,8 @@ def inpaint_tensor(generator: torch.nn.Module, image: torch.Tensor, mask: torch.
     downscale), the refined output is resized back (bilinear) and only hole pixels are taken from it.
     Returns ``[3, H, W]`` in [-1, 1] with known pixels bit-exact, and :class:`InpaintDetails` when
     ``return_details``. A hole outside the crop, or a non-finite output, is a ``ValueError``.
+    ``border_blend``: mix the network's fill with the biharmonic continuation in the first two hole rings
+    at ``S`` px (:func:`csa_lib.baselines.border_blend`; off by default: it is post-processing).
     """
     pre = _as_preprocessing(preprocessing)
     S = int(pre["image_size"])
@@ -405,7 +407,12 @@ def inpaint_tensor(generator: torch.nn.Module, image: torch.Tensor, mask: torch.
     refined = out.refined.float().cpu()
     if not torch.isfinite(refined).all():
         raise ValueError("the model's output is not finite (NaN or Inf): its weights or this image break it")
-    back = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(-1, 1)
+    fill = refined
+    if border_blend:
+        from .baselines import border_blend as blend
+
+        fill = blend(refined, x, m)
+    back = F.interpolate(fill, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(-1, 1)
     result = image.clone()
     result[:, top:top + h, left:left + w] = torch.where(hole > 0, back, img)  # known pixels: the input's
     if not return_details:
@@ -416,7 +423,7 @@ def inpaint_tensor(generator: torch.nn.Module, image: torch.Tensor, mask: torch.
                                   getattr(out, "attention", None))
 
 
-def inpaint(model: InpaintModel, image, mask, return_details: bool = False):
+def inpaint(model: InpaintModel, image, mask, return_details: bool = False, border_blend: bool = False):
     """Fill the hole of ``image`` with ``model``: an RGB PIL image of the input's size.
 
     ``image``: PIL image, numpy array ``[H, W, 3]`` / ``[H, W]`` (uint8, or float in [0, 1]) or tensor
@@ -424,6 +431,7 @@ def inpaint(model: InpaintModel, image, mask, return_details: bool = False):
     ``H x W``, one channel, white / 1 / True = hole (8-bit masks thresholded at 127). Only hole
     pixels change; known pixels keep the input's 8-bit values exactly. With ``return_details`` returns
     ``(image, InpaintDetails)``; ``details.attention`` is the CSA layer's attention record.
+    ``border_blend``: see :func:`inpaint_tensor` (the named post-processing of the hole's first two rings).
 
     Raises ``ValueError`` (one sentence) for inputs it cannot use; warns (one sentence) about an empty,
     total or very large hole and about a fill upscaled more than :data:`MAX_UPSCALE` times.
@@ -436,7 +444,7 @@ def inpaint(model: InpaintModel, image, mask, return_details: bool = False):
     if not _check_hole(hole, (H, W)):
         return (Image.fromarray(pixels, "RGB"), None) if return_details else Image.fromarray(pixels, "RGB")
     out = inpaint_tensor(model.generator, _pixels_to_tensor(pixels), hole[None].float(), model.preprocessing,
-                         return_details=return_details)
+                         return_details=return_details, border_blend=border_blend)
     result, details = out if return_details else (out, None)
     filled = pixels.copy()
     filled[hole.numpy()] = to_pixels(result)[hole.numpy()]  # known pixels: the input's bytes, untouched

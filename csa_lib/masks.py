@@ -382,3 +382,17 @@ def feature_mask(mask: torch.Tensor, levels: int = FEATURE_LEVELS,
     for _ in range(levels):
         m = F.conv2d(m, weight, stride=2, padding=1)
     return m > threshold
+
+
+def border_distance(mask: Tensor) -> Tensor:
+    """Chessboard distance of every hole pixel to the nearest known pixel: ``[B,1,H,W]`` long, 0 outside.
+
+    mask ``[B,1,H,W]`` (1 = hole). A hole pixel that touches a known pixel (also diagonally) has distance
+    1, the next ring 2, and so on; computed by repeated 3x3 erosions of the hole.
+    """
+    hole = (mask > 0.5).float()
+    dist = torch.zeros_like(hole)
+    while hole.any():
+        dist += hole
+        hole = -F.max_pool2d(-hole, 3, stride=1, padding=1)  # erosion: a pixel stays if all 8 neighbours are holes
+    return dist.long()

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .masks import border_distance
+
 METRICS = ("l1", "l2", "psnr", "ssim")
 
 
@@ -586,20 +588,6 @@ class BinnedMaskProtocol(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------------------------------
 # Where in the hole: errors by distance to the known region
 # --------------------------------------------------------------------------------------------------
-def border_distance(mask: Tensor) -> Tensor:
-    """Chessboard distance of every hole pixel to the nearest known pixel: ``[B,1,H,W]`` long, 0 outside.
-
-    mask ``[B,1,H,W]`` (1 = hole). A hole pixel that touches a known pixel (also diagonally) has distance
-    1, the next ring 2, and so on; computed by repeated 3x3 erosions of the hole.
-    """
-    hole = (mask > 0.5).float()
-    dist = torch.zeros_like(hole)
-    while hole.any():
-        dist += hole
-        hole = -F.max_pool2d(-hole, 3, stride=1, padding=1)  # erosion: a pixel stays if all 8 neighbours are holes
-    return dist.long()
-
-
 def error_by_border_distance(pred: Tensor, target: Tensor, mask: Tensor,
                              bands=((1, 1), (2, 2), (3, 4), (5, None))) -> dict[str, tuple[float, int]]:
     """Mean squared error (on [0, 1] images) of hole pixels grouped by their distance to the known region.

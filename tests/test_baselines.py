@@ -59,7 +59,8 @@ def test_binned_protocol_is_fixed_and_balanced(tmp_path):
 
 
 def test_border_distance_and_error_bands():
-    from csa_lib.metrics import border_distance, error_by_border_distance
+    from csa_lib.masks import border_distance
+    from csa_lib.metrics import error_by_border_distance
 
     mask = torch.zeros(1, 1, 9, 9)
     mask[..., 1:8, 1:8] = 1  # a 7x7 hole: rings at distance 1, 2, 3 and the centre at 4
@@ -71,3 +72,25 @@ def test_border_distance_and_error_bands():
     pred[..., 4, 4] = 1.0  # only the centre pixel is wrong: 0.5 in [0, 1] units, squared 0.25
     bands = error_by_border_distance(pred, target, mask, bands=((1, 1), (2, 3), (4, None)))
     assert bands["1"] == (0.0, 24) and bands["2-3"] == (0.0, 24) and bands["4+"] == (0.25, 1)
+
+
+def test_border_blend_mixes_biharmonic_only_in_the_first_rings():
+    # A 12x12 hole in a ramp; the "network" fill is a constant 0.5 everywhere.
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32).clone()
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 10:22, 10:22] = 1
+    fill = torch.full_like(ramp, 0.5)
+    from csa_lib.baselines import border_blend
+    from csa_lib.masks import border_distance
+
+    out = border_blend(fill, ramp, mask, weights=(0.75, 0.25))
+    d = border_distance(mask).expand(-1, 3, -1, -1)
+    smooth = biharmonic_inpaint(ramp, mask)
+    assert torch.equal(out[d == 0], ramp[d == 0])  # known pixels: the image's
+    torch.testing.assert_close(out[d == 1], 0.25 * fill[d == 1] + 0.75 * smooth[d == 1])
+    torch.testing.assert_close(out[d == 2], 0.75 * fill[d == 2] + 0.25 * smooth[d == 2])
+    assert torch.equal(out[d >= 3], fill[d >= 3])  # deeper: the network's fill untouched
+    # the biharmonic share lowers the error in the first ring (the fill is wrong, the ramp is biharmonic)
+    assert (out - ramp)[d == 1].abs().mean() < 0.3 * (fill - ramp)[d == 1].abs().mean()
+    with pytest.raises(ValueError, match=r"weights must lie in \[0, 1\]"):
+        border_blend(fill, ramp, mask, weights=(1.5,))

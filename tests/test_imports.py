@@ -20,11 +20,10 @@ LAYERS = [
     ["__init__", "config", "errors", "_csa_kernels", "_csa_triton"],
     # low helpers: device names, run-folder files, the CSA layer's back-end plumbing
     ["devices", "runfiles", "_csa_backend"],
-    # building blocks: masks, the synthetic copy task, the attention layers and the reading of their records,
-    # classical baselines
-    ["masks", "copytask", "csa", "peers", "attention_maps", "baselines"],
-    # data, networks, torchrun plumbing, the VGG feature extractor
-    ["data", "networks", "distributed", "vgg"],
+    # building blocks: masks, the synthetic copy task, the attention layers and the reading of their records
+    ["masks", "copytask", "csa", "peers", "attention_maps"],
+    # data, networks, torchrun plumbing, the VGG feature extractor, classical baselines (they use masks)
+    ["data", "networks", "distributed", "vgg", "baselines"],
     # what is built on networks: losses, shipped weights, the official code's checkpoints, attention statistics
     ["losses", "pretrained", "official", "attention_stats"],
     # training

@@ -176,6 +176,14 @@ def test_shipped_model_is_the_default_and_output_keeps_the_input_size(shipped, t
     m = write(tmp_path / "m.png", hole.astype(np.uint8) * 255)
     assert main(["inpaint", str(src), str(m), "-o", str(tmp_path / "b.png"), "--threads", "1"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), got)
+    # --border-blend changes only the hole's edge: the known pixels and the hole's centre stay as they were.
+    assert main(["inpaint", str(src), str(m), "-o", str(tmp_path / "c.png"), "--threads", "1", "--border-blend"]) == 0
+    blended = np.asarray(Image.open(tmp_path / "c.png"))
+    ys, xs = np.nonzero(hole)
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    assert np.array_equal(blended[~hole], before[~hole])
+    assert np.array_equal(blended[cy - 3:cy + 4, cx - 3:cx + 4], got[cy - 3:cy + 4, cx - 3:cx + 4])
+    assert not np.array_equal(blended[hole], got[hole])
 
 
 @pytest.mark.slow
