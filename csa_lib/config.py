@@ -173,6 +173,7 @@ class DataConfig:
         check_choice("data.resize", self.resize, RESIZES)
         check_choice("data.masks", self.masks, MASK_KINDS)
         check_choice("data.copy_kind", self.copy_kind, COPY_KINDS)
+        check_int("data.copy_ring", self.copy_ring)
         check_int("data.image_size", self.image_size)
         check_int("data.hole_size", self.hole_size, optional=True)
         check_int("data.num_workers", self.num_workers, minimum=0)

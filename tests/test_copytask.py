@@ -94,6 +94,16 @@ def test_preset_builds_train_and_held_out_sets():
     assert p.loss.lambda_d == 0 and p.model.image_size == 64
 
 
+def test_data_config_sets_every_task_field():
+    p = get_preset("copytask", **{"data.image_size": 128, "model.image_size": 128, "data.copy_kind": "twin",
+                                  "data.copy_ring": 16, "data.copy_hole_cells": (2,)})
+    ds = build_dataset(p.data, "eval")
+    assert (ds.image_size, ds.kind, ds.ring, ds.hole_cells, ds.seed) == (128, "twin", 16, (2,), p.data.eval_seed)
+    assert all(ds.item(i).hole[2:] == (16, 16) for i in range(10))
+    with pytest.raises(ValueError, match="data.copy_ring must be a positive integer"):
+        get_preset("copytask", **{"data.copy_ring": 0})
+
+
 def test_twin_kind_has_one_copy_with_the_same_ring():
     ds = CopyTask(30, 64, seed=4, block=8, kind="twin")
     for i in range(30):
