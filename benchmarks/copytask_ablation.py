@@ -1,8 +1,8 @@
 """The copy-task ablation: CSA against the identity and contextual attention, several seeds, equal budget.
 
 Every run is a ``csa train --preset copytask`` folder (the commands are in benchmarks/RESULTS.md, "The copy
-task"). This script scores them on held-out copy-task samples (``CopyTask(n, 64, seed=777)``: another seed
-than training), inside the hole, with
+task"). This script scores them on held-out copy-task samples (the runs' own task, ``CopyTask.from_config``,
+drawn from ``--seed`` 777: another seed than training), inside the hole, with
 
 - per method: mean hole PSNR / L1 over seeds, the spread over seeds, the paired difference to the identity
   (95 % interval over images x seeds), and the **activity check** (share of images on which the attention
@@ -30,16 +30,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+#: The DataConfig fields that define a copy task: runs scored together must agree on all of them.
+TASK_FIELDS = ("image_size", "copy_block", "copy_kind", "copy_periods", "copy_hole_cells", "copy_ring")
+
+
 def load(spec: str):
+    """``(generator in eval mode, its training DataConfig)`` from a run folder, checkpoint or pretrained:NAME."""
+    from csa_lib.config import DataConfig
+
     if spec.startswith("pretrained:"):
         from csa_lib.pretrained import load_pretrained
 
         G = load_pretrained(spec.split(":", 1)[1])
-        return G, G.card.get("preset", {}).get("data", {}).get("copy_block", 4)
+        stored = G.card.get("preset", {}).get("data", {})
+        known = {f: tuple(v) if isinstance(v, list) else v for f, v in stored.items() if f in TASK_FIELDS}
+        return G, DataConfig(layout="copytask", **known)
     from csa_lib.train import load_generator
 
     G, preset = load_generator(spec)
-    return G.eval(), preset.data.copy_block
+    return G.eval(), preset.data
+
+
+def task_key(data) -> tuple:
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(data, f) for f in TASK_FIELDS))
 
 
 def main(argv=None) -> int:
@@ -64,10 +77,10 @@ def main(argv=None) -> int:
         method, _, spec = item.partition("=")
         runs.setdefault(method, []).append(spec)
     models = {m: [load(s) for s in specs] for m, specs in runs.items()}
-    blocks = {b for ms in models.values() for _, b in ms}
-    if len(blocks) != 1:
-        ap.error(f"the runs were trained on different copy tasks (block sizes {sorted(blocks)})")
-    dataset = CopyTask(args.n, 64, seed=args.seed, block=blocks.pop())
+    tasks = {task_key(d): d for ms in models.values() for _, d in ms}
+    if len(tasks) != 1:
+        ap.error(f"the runs were trained on different copy tasks ({', '.join(TASK_FIELDS)}: {sorted(tasks, key=str)})")
+    dataset = CopyTask.from_config(next(iter(tasks.values())), args.n, seed=args.seed)
     images, masks, targets = copytask_batch(dataset)
 
     t0 = time.perf_counter()
