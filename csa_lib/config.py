@@ -94,6 +94,8 @@ CSA_BACKWARDS = ("autograd", "official")  # model.csa_backward: the CSA layer's 
 LOSS_MODES = ("paper", "official")  # loss.mode (csa_lib.losses.InpaintingLoss)
 #: loss.consistency, the consistency-loss variants; formulas: csa_lib.losses.consistency_loss.
 CONSISTENCY_VARIANTS = ("paper_sum", "hole_mean", "hole_mean_scaled", "official_mean")
+#: loss.consistency_target: what the consistency term pulls the hole features towards (csa_lib.losses)
+CONSISTENCY_TARGETS = ("vgg", "self")
 AMP_MODES = ("auto", "bf16", "off", "fp32")  # train.amp (csa_lib.train.amp_dtype); "fp32" = "off"
 #: The widest model accepted (model.base_channels; the paper: 64; 512 is already 4,096 channels at the CSA layer).
 MAX_BASE_CHANNELS = 512
@@ -225,6 +227,11 @@ class LossConfig:
     # Weight of the border total-variation term (losses.border_tv_loss: smoothness of the composite across
     # the hole's edge, Liu et al. 2018 use 0.1). 0 = off, as in the paper.
     tv_weight: float = 0.0
+    # "vgg" (the paper): the CSA layer's output and the decoder feature at the hole are pulled towards VGG
+    # relu4_3 of the ground truth. "self" (not in the paper; the copy task's experiment): the CSA layer's
+    # *input* at the hole is pulled towards the same network's input feature on the ground truth (detached),
+    # so that the search compares like with like (benchmarks/RESULTS.md, "The copy task").
+    consistency_target: str = "vgg"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -233,6 +240,7 @@ class LossConfig:
         """One ``ValueError`` line naming an unknown loss mode or consistency variant."""
         check_choice("loss.mode", self.mode, LOSS_MODES)
         check_choice("loss.consistency", self.consistency, CONSISTENCY_VARIANTS)
+        check_choice("loss.consistency_target", self.consistency_target, CONSISTENCY_TARGETS)
 
 
 @dataclass

@@ -142,6 +142,13 @@ def ralsgan_g(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
     return (((r - batch_mean(f) + 1) ** 2).mean() + ((f - batch_mean(r) - 1) ** 2).mean()) / 2
 
 
+def needs_vgg(cfg: LossConfig) -> bool:
+    """Whether a loss config uses VGG: the adversarial feature term (``lambda_d != 0``) or a consistency
+    term with the paper's VGG target. False for the copy task (``lambda_c = lambda_d = 0``) and for
+    ``consistency_target="self"`` without discriminators."""
+    return cfg.lambda_d != 0 or (cfg.lambda_c != 0 and cfg.consistency_target == "vgg")
+
+
 class InpaintingLoss(nn.Module):
     """All CSA losses. ``vgg`` is a :class:`csa_lib.vgg.VGG16Features` (frozen; moved with ``.to``).
 
@@ -163,9 +170,14 @@ class InpaintingLoss(nn.Module):
 
     @property
     def needs_vgg(self) -> bool:
-        """False when both VGG-based terms are switched off (``lambda_c = lambda_d = 0``, e.g. the copy
-        task): then no VGG is built or run, and the consistency and GAN terms are logged as 0."""
-        return self.cfg.lambda_c != 0 or self.cfg.lambda_d != 0
+        """False when no term uses VGG (:func:`needs_vgg`): then no VGG is built or run."""
+        return needs_vgg(self.cfg)
+
+    @property
+    def needs_self_target(self) -> bool:
+        """True when the consistency term needs the network's own feature of the ground truth
+        (``consistency_target="self"``): the trainer passes it to :meth:`generator` as ``self_target``."""
+        return self.cfg.lambda_c != 0 and self.cfg.consistency_target == "self"
 
     @property
     def needs_discriminators(self) -> bool:
@@ -187,12 +199,14 @@ class InpaintingLoss(nn.Module):
         return self.vgg(img, taps=taps, raw=self.official)
 
     def generator_terms(self, out, image: Tensor, mask: Tensor, image_D: nn.Module,
-                        feature_D: nn.Module) -> dict[str, Tensor]:
+                        feature_D: nn.Module, self_target: Tensor | None = None) -> dict[str, Tensor]:
         """The unweighted generator terms as tensors (dead ones detached in official mode).
 
         out: :class:`csa_lib.networks.InpaintOutput`; image ``[B,3,H,W]`` in [-1,1]; mask ``[B,1,H,W]``
         (the consistency terms use ``out.feature_hole``; the mask itself only weights the L1 terms when
-        ``l1_hole_weight`` != 1).
+        ``l1_hole_weight`` != 1). ``self_target`` ``[B,8C,S/8,S/8]``: with ``consistency_target="self"``,
+        the attention layer's input on the ground truth (no hole), detached; ``cons_csa`` then compares
+        ``out.csa_in`` with it at the hole and ``cons_decoder`` is 0.
         """
         w = self.cfg.l1_hole_weight
         terms = {"l1_coarse": l1_loss(out.coarse, image, mask, w),
@@ -200,11 +214,18 @@ class InpaintingLoss(nn.Module):
         zero = out.refined.new_zeros(()).float()
         # A term whose weight is 0 is logged as 0 and not computed (no VGG pass, no discriminator pass):
         # the copy task trains on L1 (+ consistency) alone. The paper's presets have every weight > 0.
-        if self.cfg.lambda_c != 0 or self.cfg.lambda_d != 0:
+        if self.needs_vgg:
             taps = ("pool3", "relu4_3") if self.cfg.lambda_d != 0 else ("relu4_3",)
             with torch.no_grad():
                 real = self._vgg(image, taps)
-        if self.cfg.lambda_c != 0:
+        if self.needs_self_target:
+            if self_target is None or out.csa_in is None:
+                raise ValueError("loss.consistency_target='self' needs self_target (the attention input on the "
+                                 "ground truth) and out.csa_in")
+            terms["cons_csa"] = consistency_loss(out.csa_in, self_target.detach(), out.feature_hole,
+                                                 self.consistency_variant)
+            terms["cons_decoder"] = zero
+        elif self.cfg.lambda_c != 0:
             variant = self.consistency_variant
             terms["cons_csa"] = consistency_loss(out.csa_out, real["relu4_3"], out.feature_hole, variant)
             terms["cons_decoder"] = consistency_loss(out.decoder_feat, real["relu4_3"], out.feature_hole,
@@ -230,9 +251,9 @@ class InpaintingLoss(nn.Module):
         return terms
 
     def generator(self, out, image: Tensor, mask: Tensor, image_D: nn.Module,
-                  feature_D: nn.Module) -> tuple[Tensor, dict[str, float]]:
+                  feature_D: nn.Module, self_target: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Weighted generator loss (scalar tensor) and a dict of float logs (terms and ``g_total``)."""
-        t = self.generator_terms(out, image, mask, image_D, feature_D)
+        t = self.generator_terms(out, image, mask, image_D, feature_D, self_target)
         c = self.cfg
         total = (c.lambda_r * (t["l1_coarse"] + t["l1_refined"])
                  + c.lambda_c * (t["cons_csa"] + t["cons_decoder"])

@@ -209,7 +209,7 @@ class RefineNet(nn.Module):
 
     def forward(self, x: Tensor, feature_hole: Tensor, return_attention: bool = False) -> dict[str, Any]:
         x = self.stem(x)
-        skips, csa_out, att = [], None, None
+        skips, csa_in, csa_out, att = [], None, None, None
         for level in self.levels:
             skips.append(x)  # the level's input is concatenated to its decoder output
             x = level.down(x)
@@ -219,6 +219,7 @@ class RefineNet(nn.Module):
                                      f"is {tuple(x.shape)}")
                 # fp32 even under autocast (bf16 on CUDA): the argmax search and the chain recurrence
                 # need the precision, and the compiled CPU kernels take fp32 only.
+                csa_in = x
                 with torch.autocast(x.device.type, enabled=False):
                     y = level.attention(x.float(), feature_hole, return_attention=return_attention)
                 x, att = y if return_attention else (y, None)
@@ -232,7 +233,8 @@ class RefineNet(nn.Module):
                 # The first 8C channels entering this level's decoder: the decoder feature at 1/8.
                 decoder_feat = x[:, : x.shape[1] // 2]
             x = torch.cat([level.up(x), skips.pop()], dim=1)
-        return {"out": self.head(x), "csa_out": csa_out, "decoder_feat": decoder_feat, "attention": att}
+        return {"out": self.head(x), "csa_in": csa_in, "csa_out": csa_out, "decoder_feat": decoder_feat,
+                "attention": att}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -302,7 +304,8 @@ class InpaintOutput:
     composite: refined inside the hole, the input outside [B,3,S,S] (what evaluation scores);
     csa_out, decoder_feat: [B,8C,S/8,S/8], the two features the consistency loss compares to VGG;
     feature_hole: bool [B,1,S/8,S/8]; attention: the attention layer's record (CSAAttention for "csa",
-    the score/source tensor for "contextual"/"shift") when requested, else None.
+    the score/source tensor for "contextual"/"shift") when requested, else None;
+    csa_in: [B,8C,S/8,S/8], the attention layer's input (the features its search compares).
     """
 
     coarse: Tensor
@@ -312,6 +315,7 @@ class InpaintOutput:
     decoder_feat: Tensor
     feature_hole: Tensor
     attention: Any = None
+    csa_in: Tensor | None = None
 
 
 def fill_hole(image: Tensor, mask: Tensor, colour=FILL_OFFICIAL) -> Tensor:
@@ -409,7 +413,7 @@ class CSAInpainter(nn.Module):
         refined = r["out"]
         composite = refined * mask + image * (1 - mask)
         return InpaintOutput(coarse, refined, composite, r["csa_out"], r["decoder_feat"], hole,
-                             r["attention"])
+                             r["attention"], csa_in=r["csa_in"])
 
 
 def build_models(cfg: ModelConfig | None = None) -> tuple[CSAInpainter, PatchDiscriminator,

@@ -60,7 +60,7 @@ from .config import AMP_MODES, MAX_BASE_CHANNELS, Preset, apply_override, check_
 from .data import build_dataset
 from .devices import resolve_device
 from .errors import first_line
-from .losses import InpaintingLoss
+from .losses import InpaintingLoss, needs_vgg
 from .networks import build_models
 # Run-folder files (atomic saves, checkpoint rotation, the lock, the log) live in runfiles; the names are
 # also public here, where notebooks and older code import them from.
@@ -446,8 +446,7 @@ class Trainer:
         # Under torchrun the steps go through DistributedDataParallel wrappers (they share the parameters);
         # self.G/D/F stay the plain modules: checkpoints, samples and the frozen-D generator phase use them.
         self.ddp = tuple(distributed.wrap(m, self.device) for m in (self.G, self.D, self.F))
-        needs_vgg = preset.loss.lambda_c != 0 or preset.loss.lambda_d != 0  # InpaintingLoss.needs_vgg
-        if vgg is None and needs_vgg:  # "auto" falls back to random weights (with a warning) rather than download
+        if vgg is None and needs_vgg(preset.loss):  # "auto" falls back to random weights (with a warning) rather than download
             vgg = VGG16Features(preset.loss.vgg_weights)
         self.criterion = InpaintingLoss(preset.loss, vgg).to(self.device)
 
@@ -628,6 +627,10 @@ class Trainer:
         G, D, F = self.ddp
         with self._autocast():
             out = G(image, mask)
+        self_target = None
+        if self.criterion.needs_self_target:  # the search's features on the ground truth (no hole), no graph
+            with torch.no_grad(), self._autocast():
+                self_target = self.G(image, torch.zeros_like(mask)).csa_in.float()
 
         if self.criterion.needs_discriminators:
             gn_d, gn_f, logs_d = self._discriminator_step(out, image, D, F)
@@ -640,7 +643,7 @@ class Trainer:
         set_requires_grad([self.D, self.F], False)
         try:
             with self._autocast(), distributed.global_batch():
-                loss_g, logs_g = self.criterion.generator(out, image, mask, self.D, self.F)
+                loss_g, logs_g = self.criterion.generator(out, image, mask, self.D, self.F, self_target)
             logs_g = distributed.mean_over_ranks(logs_g, self.device)
             self._check(loss_g, logs_g, "generator")
             self.opt["G"].zero_grad(set_to_none=True)

@@ -249,3 +249,32 @@ def test_l1_hole_weight_reaches_the_generator_terms():
     expected = l1_loss(out.refined, image, mask, 6.0)
     torch.testing.assert_close(weighted["l1_refined"], expected)
     assert weighted["l1_refined"] > plain["l1_refined"]
+
+
+def test_self_consistency_target_pulls_the_search_input_towards_the_ground_truth(gen):
+    """consistency_target="self": cons_csa compares the attention layer's input at the hole with the same
+    network's input feature on the ground truth; no VGG is built; the term reaches the encoder."""
+    G, D, FD, img, mask = _setup(gen)
+    cfg = LossConfig(lambda_c=1.0, lambda_d=0.0, consistency_target="self", vgg_weights="none")
+    loss = InpaintingLoss(cfg)
+    assert loss.vgg is None and loss.needs_self_target and not loss.needs_vgg
+    out = G(img, mask)
+    with torch.no_grad():
+        target = G(img, torch.zeros_like(mask)).csa_in
+    assert out.csa_in.shape == target.shape == out.csa_out.shape
+    terms = loss.generator_terms(out, img, mask, D, FD, self_target=target)
+    manual = consistency_loss(out.csa_in, target, out.feature_hole, cfg.consistency)
+    torch.testing.assert_close(terms["cons_csa"], manual)
+    assert float(terms["cons_decoder"]) == 0.0 and float(terms["cons_csa"].detach()) > 0
+    w = G.refine_net.stem.weight
+    (g,) = torch.autograd.grad(terms["cons_csa"], w, allow_unused=True)
+    assert g is not None and g.abs().sum() > 0
+    # a perfect feature scores 0: the ground truth's own pass against itself
+    with torch.no_grad():
+        same = G(img, torch.zeros_like(mask))
+    hole = out.feature_hole
+    assert float(consistency_loss(same.csa_in, target, hole, cfg.consistency)) == 0.0
+    with pytest.raises(ValueError, match="needs self_target"):
+        loss.generator_terms(out, img, mask, D, FD)
+    with pytest.raises(ValueError, match="loss.consistency_target"):
+        LossConfig(consistency_target="imagenet")
