@@ -643,7 +643,10 @@ class Trainer:
         set_requires_grad([self.D, self.F], False)
         try:
             with self._autocast(), distributed.global_batch():
-                loss_g, logs_g = self.criterion.generator(out, image, mask, self.D, self.F, self_target)
+                # self_target only when used: a criterion with the five-argument signature (a notebook's
+                # poisoned loss, an older subclass) keeps working
+                extra = {} if self_target is None else {"self_target": self_target}
+                loss_g, logs_g = self.criterion.generator(out, image, mask, self.D, self.F, **extra)
             logs_g = distributed.mean_over_ranks(logs_g, self.device)
             self._check(loss_g, logs_g, "generator")
             self.opt["G"].zero_grad(set_to_none=True)
