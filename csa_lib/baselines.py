@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .masks import border_distance
+
 
 def biharmonic_inpaint(image: Tensor, mask: Tensor) -> Tensor:
     """image ``[B,3,H,W]`` in [-1, 1], mask ``[B,1,H,W]`` (1 = hole) -> ``[B,3,H,W]`` in [-1, 1].
@@ -48,8 +50,6 @@ def border_blend(fill: Tensor, image: Tensor, mask: Tensor, weights: tuple[float
     Returns the composite ``[B,3,H,W]``: known pixels from ``image``, hole pixels
     ``(1 - w) * fill + w * biharmonic`` with ``w`` from the pixel's distance to the known region (0 deeper in).
     """
-    from .masks import border_distance
-
     if any(not 0.0 <= float(w) <= 1.0 for w in weights):
         raise ValueError(f"border_blend: weights must lie in [0, 1], got {tuple(weights)}")
     dist = border_distance(mask)

@@ -446,7 +446,8 @@ class Trainer:
         # Under torchrun the steps go through DistributedDataParallel wrappers (they share the parameters);
         # self.G/D/F stay the plain modules: checkpoints, samples and the frozen-D generator phase use them.
         self.ddp = tuple(distributed.wrap(m, self.device) for m in (self.G, self.D, self.F))
-        if vgg is None and needs_vgg(preset.loss):  # "auto" falls back to random weights (with a warning) rather than download
+        # "auto" falls back to random weights (with a warning) rather than download
+        if vgg is None and needs_vgg(preset.loss):
             vgg = VGG16Features(preset.loss.vgg_weights)
         self.criterion = InpaintingLoss(preset.loss, vgg).to(self.device)
 
