@@ -224,6 +224,10 @@ class LossConfig:
     # Weight of a hole pixel in the L1 terms relative to a known pixel. 1 = the paper's whole-image L1;
     # 6 = Liu et al. 2018 (partial convolutions), valid 1 + hole 6. Formula: csa_lib.losses.l1_loss.
     l1_hole_weight: float = 1.0
+    # Weight of the hole pixels within l1_border_px pixels of the hole's edge, on top of l1_hole_weight
+    # (not in the paper; issue 25's first-pixel error). 1 = off. Formula: csa_lib.losses.l1_loss.
+    l1_border_weight: float = 1.0
+    l1_border_px: int = 2
     # Weight of the border total-variation term (losses.border_tv_loss: smoothness of the composite across
     # the hole's edge, Liu et al. 2018 use 0.1). 0 = off, as in the paper.
     tv_weight: float = 0.0
@@ -241,6 +245,11 @@ class LossConfig:
         check_choice("loss.mode", self.mode, LOSS_MODES)
         check_choice("loss.consistency", self.consistency, CONSISTENCY_VARIANTS)
         check_choice("loss.consistency_target", self.consistency_target, CONSISTENCY_TARGETS)
+        check_int("loss.l1_border_px", self.l1_border_px)
+        for name in ("l1_hole_weight", "l1_border_weight", "tv_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"loss.{name} must be a number >= 0, got {value!r}")
 
 
 @dataclass

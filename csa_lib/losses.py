@@ -32,24 +32,35 @@ from torch import Tensor, nn
 from .config import CONSISTENCY_VARIANTS, LossConfig, check_choice
 # Under torchrun, the batch-coupled terms below sum over the global batch (identity in one process).
 from .distributed import batch_mean, global_count, global_sum
+from .masks import border_distance
 
 
-def l1_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, hole_weight: float = 1.0) -> Tensor:
+def l1_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, hole_weight: float = 1.0,
+            border_weight: float = 1.0, border_px: int = 2) -> Tensor:
     """Mean absolute error over all pixels (official: ``nn.L1Loss`` on the whole image).
 
     pred, target ``[B,3,H,W]``; mask ``[B,1,H,W]`` (1 = hole). With ``hole_weight`` w != 1 each hole
-    pixel counts w times (Liu et al. 2018's partial-convolution loss uses valid 1 + hole 6):
+    pixel counts w times (Liu et al. 2018's partial-convolution loss uses valid 1 + hole 6); with
+    ``border_weight`` v != 1 the hole pixels within ``border_px`` pixels of a known pixel (chessboard
+    distance, :func:`csa_lib.masks.border_distance`; ring r_p = 1 there) count v - 1 times more:
 
-        L1 = mean_p (1 + (w - 1) m_p) |pred_p - target_p|
+        L1 = mean_p (1 + (w - 1) m_p + (v - 1) r_p) |pred_p - target_p|
 
-    w = 1 is the paper's plain L1 and takes the plain path (bit for bit the old value).
+    Why a border weight: one pixel into the hole the true value is nearly the known neighbour's, so a
+    smooth interpolator is almost exact there, while a network trained on the plain L1 gives those few
+    pixels no more weight than any other (benchmarks/RESULTS.md, "The first pixel inside the hole").
+    w = v = 1 is the paper's plain L1 and takes the plain path (bit for bit the old value).
     """
     err = (pred.float() - target.float()).abs()
-    if hole_weight == 1.0:
+    if hole_weight == 1.0 and border_weight == 1.0:
         return err.mean()
     if mask is None:
-        raise ValueError(f"l1_loss: hole_weight={hole_weight} needs the mask")
-    return (err * (1 + (hole_weight - 1) * mask.float())).mean()
+        raise ValueError(f"l1_loss: hole_weight={hole_weight} / border_weight={border_weight} need the mask")
+    weight = 1 + (hole_weight - 1) * mask.float()
+    if border_weight != 1.0:
+        dist = border_distance(mask)
+        weight = weight + (border_weight - 1) * ((dist >= 1) & (dist <= border_px)).float()
+    return (err * weight).mean()
 
 
 def border_tv_loss(composite: Tensor, mask: Tensor) -> Tensor:
@@ -204,13 +215,14 @@ class InpaintingLoss(nn.Module):
 
         out: :class:`csa_lib.networks.InpaintOutput`; image ``[B,3,H,W]`` in [-1,1]; mask ``[B,1,H,W]``
         (the consistency terms use ``out.feature_hole``; the mask itself only weights the L1 terms when
-        ``l1_hole_weight`` != 1). ``self_target`` ``[B,8C,S/8,S/8]``: with ``consistency_target="self"``,
+        ``l1_hole_weight`` or ``l1_border_weight`` != 1). ``self_target`` ``[B,8C,S/8,S/8]``: with ``consistency_target="self"``,
         the attention layer's input on the ground truth (no hole), detached; ``cons_csa`` then compares
         ``out.csa_in`` with it at the hole and ``cons_decoder`` is 0.
         """
-        w = self.cfg.l1_hole_weight
-        terms = {"l1_coarse": l1_loss(out.coarse, image, mask, w),
-                 "l1_refined": l1_loss(out.refined, image, mask, w)}
+        c = self.cfg
+        weights = dict(hole_weight=c.l1_hole_weight, border_weight=c.l1_border_weight, border_px=c.l1_border_px)
+        terms = {"l1_coarse": l1_loss(out.coarse, image, mask, **weights),
+                 "l1_refined": l1_loss(out.refined, image, mask, **weights)}
         zero = out.refined.new_zeros(()).float()
         # A term whose weight is 0 is logged as 0 and not computed (no VGG pass, no discriminator pass):
         # the copy task trains on L1 (+ consistency) alone. The paper's presets have every weight > 0.

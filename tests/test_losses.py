@@ -227,8 +227,31 @@ def test_l1_hole_weight_counts_hole_pixels_w_times():
     assert l1_loss(pred, target).item() == pytest.approx((3 + 1 + 1 + 1) / 4)
     assert l1_loss(pred, target, mask, 1.0).item() == pytest.approx((3 + 1 + 1 + 1) / 4)
     assert l1_loss(pred, target, mask, 6.0).item() == pytest.approx((6 * 3 + 1 + 1 + 1) / 4)
-    with pytest.raises(ValueError, match="needs the mask"):
+    with pytest.raises(ValueError, match="need the mask"):
         l1_loss(pred, target, None, 6.0)
+
+
+def test_l1_border_weight_counts_the_hole_edge_v_times():
+    """A 6x6 hole in a 10x10 image: its first two rings (distance 1-2, 32 pixels) count v times, the
+    2x2 core (distance 3) and the known pixels once; border_px=1 weights only the 20 pixels of ring 1."""
+    pred = torch.zeros(1, 3, 10, 10)
+    target = torch.ones(1, 3, 10, 10)
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[..., 2:8, 2:8] = 1
+    assert l1_loss(pred, target, mask, border_weight=1.0).item() == pytest.approx(1.0)
+    assert l1_loss(pred, target, mask, border_weight=5.0).item() == pytest.approx((100 + 4 * 32) / 100)
+    assert l1_loss(pred, target, mask, border_weight=5.0, border_px=1).item() == pytest.approx((100 + 4 * 20) / 100)
+    # on top of the hole weight: ring pixels 1 + (6 - 1) + (5 - 1) = 10, core 6, known 1
+    assert l1_loss(pred, target, mask, 6.0, 5.0).item() == pytest.approx((64 + 6 * 4 + 10 * 32) / 100)
+    with pytest.raises(ValueError, match="need the mask"):
+        l1_loss(pred, target, None, border_weight=2.0)
+
+
+@pytest.mark.parametrize("field,value", [("l1_border_px", 0), ("l1_border_weight", -1.0),
+                                         ("l1_hole_weight", float("nan")), ("tv_weight", "big")])
+def test_loss_config_refuses_bad_weights(field, value):
+    with pytest.raises(ValueError, match=f"loss.{field}"):
+        LossConfig(**{field: value})
 
 
 def test_l1_hole_weight_reaches_the_generator_terms():
@@ -249,6 +272,10 @@ def test_l1_hole_weight_reaches_the_generator_terms():
     expected = l1_loss(out.refined, image, mask, 6.0)
     torch.testing.assert_close(weighted["l1_refined"], expected)
     assert weighted["l1_refined"] > plain["l1_refined"]
+    preset.loss.l1_border_weight = 4.0
+    bordered = InpaintingLoss(preset.loss, vgg).generator_terms(out, image, mask, D, F)
+    torch.testing.assert_close(bordered["l1_coarse"], l1_loss(out.coarse, image, mask, 6.0, 4.0))
+    assert bordered["l1_refined"] > weighted["l1_refined"]
 
 
 def test_self_consistency_target_pulls_the_search_input_towards_the_ground_truth(gen):
