@@ -276,6 +276,10 @@ class TrainConfig:
     # Start the generator from these weights (a shipped weights/*.pt or a training checkpoint) instead of
     # the random initialisation; the discriminators and optimisers start fresh. Ignored on --resume.
     init_from: str | None = None
+    # Generator parameters to keep fixed: names starting with any of these prefixes (e.g. "coarse_net.")
+    # get no gradient and are not updated. Empty = train everything (the paper). The copy task's
+    # experiment: freeze the features CSA searches with, whose drift its argmax cannot resist.
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -294,6 +298,8 @@ class TrainConfig:
         if self.time_budget_s is not None and not self.time_budget_s >= 0:
             raise ValueError(f"train.time_budget_s must be None or >= 0 seconds, got {self.time_budget_s!r}")
         check_choice("train.amp", self.amp, AMP_MODES)
+        if isinstance(self.freeze, str) or not all(isinstance(f, str) and f for f in self.freeze):
+            raise ValueError(f"train.freeze must be a tuple of parameter-name prefixes, got {self.freeze!r}")
 
 
 @dataclass

@@ -314,6 +314,21 @@ def init_generator(generator: nn.Module, path: str | Path) -> None:
         raise ValueError(f"train.init_from: {path} does not fit this model: {str(e).splitlines()[0]}") from None
 
 
+def freeze_parameters(module: nn.Module, prefixes) -> int:
+    """Set ``requires_grad=False`` on the parameters of ``module`` whose names start with one of
+    ``prefixes`` (``train.freeze``); Adam then never updates them (their gradient stays None). Returns the
+    number of frozen tensors; a prefix that matches no parameter is one ``ValueError`` line naming it."""
+    frozen = 0
+    for prefix in prefixes:
+        hits = [p for name, p in module.named_parameters() if name.startswith(prefix)]
+        if not hits:
+            raise ValueError(f"train.freeze: no generator parameter starts with {prefix!r}")
+        for p in hits:
+            p.requires_grad_(False)
+        frozen += len(hits)
+    return frozen
+
+
 def preset_of(ckpt: dict) -> Preset:
     """The :class:`Preset` a loaded checkpoint was trained with; a setting its sections refuse (e.g. a
     hand-edited ``model.base_channels=100000``) is one ``ValueError`` line naming the checkpoint."""
@@ -443,6 +458,7 @@ class Trainer:
         self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
         if cfg.init_from:
             init_generator(self.G, cfg.init_from)
+        freeze_parameters(self.G, cfg.freeze)
         # Under torchrun the steps go through DistributedDataParallel wrappers (they share the parameters);
         # self.G/D/F stay the plain modules: checkpoints, samples and the frozen-D generator phase use them.
         self.ddp = tuple(distributed.wrap(m, self.device) for m in (self.G, self.D, self.F))

@@ -125,3 +125,27 @@ def test_copytask_trainer_skips_the_discriminator_step(tmp_path):
     t.fit()
     assert all(torch.equal(d0[k], v) for k, v in t.D.state_dict().items())
     assert t.step == 2
+
+
+def test_train_freeze_keeps_the_named_parameters_and_trains_the_rest(tmp_path):
+    """train.freeze: the coarse net is not updated by a training step, the refinement net is."""
+    p = get_preset("copytask", **{"train.device": "cpu", "train.steps": 1, "train.batch_size": 2,
+                                  "train.out_dir": str(tmp_path / "run"), "train.tensorboard": False,
+                                  "train.freeze": ("coarse_net.",)})
+    t = Trainer(p, progress=False)
+    before = {k: v.clone() for k, v in t.G.state_dict().items()}
+    t.fit()
+    after = t.G.state_dict()
+    coarse = [k for k in before if k.startswith("coarse_net.") and before[k].is_floating_point()]
+    refine = [k for k in before if k.startswith("refine_net.") and k.endswith("weight")]
+    assert coarse and all(torch.equal(before[k], after[k]) for k in coarse)
+    assert any(not torch.equal(before[k], after[k]) for k in refine)
+
+
+def test_train_freeze_names_a_prefix_that_matches_nothing(tmp_path):
+    p = get_preset("smoke", **{"train.device": "cpu", "train.out_dir": str(tmp_path / "run"),
+                               "train.freeze": ("encoder.",)})
+    with pytest.raises(ValueError, match="train.freeze: no generator parameter starts with 'encoder.'"):
+        Trainer(p, progress=False)
+    with pytest.raises(ValueError, match="train.freeze must be a tuple"):
+        get_preset("smoke", **{"train.freeze": "coarse_net."})
