@@ -312,8 +312,9 @@ MASK_RULE = ("a mask is read as greyscale and thresholded: > 127 = hole (white),
 #: the same).
 SHIPPED_MODEL_LIMITS = ("The shipped model (celeba64) is a 64-px face model: it sees the photo's square "
                         "centre crop at 64x64 px, computes the fill there and upscales it to the photo, knows "
-                        "only faces framed like CelebA crops (other photos get face-like smears), and, like "
-                        "CelebA, is for non-commercial research and education only.")
+                        "only faces framed roughly like CelebA crops (trained with the crop shifted by up to 8 % "
+                        "and zoomed by up to 15 %; other photos get face-like smears), and, like CelebA, is for "
+                        "non-commercial research and education only.")
 
 
 def image_format(path) -> str:
@@ -1104,7 +1105,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the shipped model is used. The network sees only the part it was trained on (the face "
             "model: the square centre crop, resized to 64 px); its output is resized back and pasted at "
             "the input's size, and only hole pixels change: known pixels are written unchanged. EXIF "
-            "orientation is applied to images and masks.", 88) + "\n\n" + textwrap.fill(SHIPPED_MODEL_LIMITS, 88)
+            "orientation is applied to images and masks.", 88)
+            # no break at hyphens: "non-commercial" stays one word (tests find the sentence in the help)
+            + "\n\n" + textwrap.fill(SHIPPED_MODEL_LIMITS, 88, break_on_hyphens=False)
             + "\n\n" + textwrap.fill("A fill upscaled more than 4x (for the face model: a crop over 256 px) "
                                      "is warned about: downscale the photo or crop it closer around the "
                                      "face.", 88),
