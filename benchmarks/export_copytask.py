@@ -30,13 +30,20 @@ PERIODIC_COMMANDS = [
     "OMP_NUM_THREADS=1 nice csa train --preset copytask --out {run} --resume --set train.keep_every=500 --quiet"
     "   # steps 1,500-3,000 (exact resume)"]
 TWIN = ("--set data.image_size=128 --set model.image_size=128 --set data.copy_kind=twin "
-        "--set 'data.copy_hole_cells=(2,)' --set data.copy_ring=16 --set train.ckpt_every=250")
-TWIN_COMMANDS = [
-    "OMP_NUM_THREADS=1 nice python benchmarks/copytask_pilot.py --out runs/pl_tw128_ctx1 --set model.attention=contextual "
-    f"--set model.contextual_ksize=1 {TWIN} --set train.steps=1500   # the soft phase; its step-750 checkpoint "
-    "(checkpoints/prev.pt when step 1,000 was written) was kept as runs/pl_tw128_ctx1/step750.pt",
-    f"OMP_NUM_THREADS=1 nice python benchmarks/copytask_pilot.py --out {{run}} --set model.attention={{kind}} {TWIN} "
-    "--set train.steps=750 --set train.init_from=runs/pl_tw128_ctx1/step750.pt --every 125   # the hard phase"]
+        "--set 'data.copy_hole_cells=(2,)' --set data.copy_ring=16")
+FREEZE = ("\"train.freeze=('coarse_net.','refine_net.stem.','refine_net.levels.0.down',"
+          "'refine_net.levels.1.down','refine_net.levels.2.down.')\"")
+TWIN_COMMANDS = {
+    "csa": [
+        "OMP_NUM_THREADS=1 nice python benchmarks/copytask_pilot.py --out runs/pl_tw128_ctx1 --set model.attention=contextual "
+        f"--set model.contextual_ksize=1 {TWIN} --set train.ckpt_every=250 --set train.steps=1500   # the soft phase; its step-750 checkpoint "
+        "(checkpoints/prev.pt when step 1,000 was written) was kept as runs/pl_tw128_ctx1/step750.pt",
+        f"OMP_NUM_THREADS=1 nice python benchmarks/copytask_pilot.py --out {{run}} --set model.attention=csa {TWIN} "
+        f"--set {FREEZE} --set train.ckpt_every=250 --set train.steps=750 --set train.init_from=runs/pl_tw128_ctx1/step750.pt --every 125"
+        "   # the hard phase: CSA, the features it searches with frozen"],
+    "identity": [
+        f"OMP_NUM_THREADS=1 nice python benchmarks/copytask_pilot.py --out {{run}} --set model.attention=identity {TWIN} "
+        "--set train.steps=1500   # from scratch, the same 1,500-step budget"]}
 
 TASKS = {
     "periodic": {
@@ -53,11 +60,16 @@ TASKS = {
         "task": ("csa_lib.copytask, kind 'twin': a 128-px mosaic of random 8-px colour blocks in which a 2x2-cell block "
                  "and its 16-px ring appear twice at random places; the hole hides one twin, the other stays visible"),
         "train": "CopyTask.from_config (seed 0): 128 px, copy_kind='twin', copy_hole_cells=(2,), copy_ring=16",
-        "optimiser": ("Adam lr 5e-4, betas (0.5, 0.999), batch 16, bf16 autocast on the CPU, constant lr. A curriculum "
-                      "(not in the paper): 750 steps with contextual attention of 1x1 patches in the layer's place "
-                      "(softmax: its choice gets a gradient), then 750 steps with the final layer ({kind}) from those "
-                      "weights, fresh optimiser. CSA trained from scratch on this task loses the twin "
-                      "(benchmarks/RESULTS.md, 'The copy task', rounds 3 and 4)"),
+        "optimiser": {
+            "csa": ("Adam lr 5e-4, betas (0.5, 0.999), batch 16, bf16 autocast on the CPU, constant lr. A curriculum "
+                    "(not in the paper): 750 steps with contextual attention of 1x1 patches in the layer's place "
+                    "(a softmax: its choice gets a gradient), then 750 steps with CSA from those weights, a fresh "
+                    "optimiser, and everything that computes the CSA layer's input frozen (train.freeze: the coarse "
+                    "net and the refinement encoder up to the layer), so that the features CSA searches with cannot "
+                    "drift. CSA trained from scratch on this task, or warm-started without the freeze, loses the twin "
+                    "(benchmarks/RESULTS.md, 'The copy task', rounds 3 and 4)"),
+            "identity": ("Adam lr 5e-4, betas (0.5, 0.999), batch 16, bf16 autocast on the CPU, constant lr; 1,500 "
+                         "steps from scratch (the CSA model's step budget)")},
         "commands": TWIN_COMMANDS},
 }
 
@@ -75,8 +87,10 @@ def card_fields(kind: str, run: str, evaluation: dict, task: str = "periodic") -
         "recipe": {"preset": "copytask (csa_lib.config)",
                    "losses": "L1 of coarse and refined output with hole pixels counted 6 times; no consistency or "
                              "adversarial term (lambda_c = lambda_d = 0: no VGG, no discriminators)",
-                   "optimiser": t["optimiser"].format(kind=kind)},
-        "training": {"commands": [c.format(run=run, kind=kind) for c in t["commands"]], "machine": MACHINE},
+                   "optimiser": t["optimiser"] if isinstance(t["optimiser"], str) else t["optimiser"][kind]},
+        "training": {"commands": [c.format(run=run, kind=kind) for c in
+                                  (t["commands"] if isinstance(t["commands"], list) else t["commands"][kind])],
+                     "machine": MACHINE},
         "evaluation": {k: v for k, v in evaluation.items() if k != "n"},
     }
 
@@ -120,13 +134,21 @@ def main(argv=None) -> int:
               f"| input | image `[B,3,{t['size']},{t['size']}]` in [-1, 1], mask `[B,1,{t['size']},{t['size']}]` float, "
               "1 = hole (copy-task samples) |",
               f"| trained | {card['trained_steps']:,} steps of batch 16 = {card['images_seen']:,} images, "
-              f"{card['training_time_s'] / 60:.1f} min |",
+              f"{card['training_time_s'] / 60:.1f} min"
+              + (" (the last phase; 750 steps of contextual attention came first, see the recipe)"
+                 if args.task == "twin" and kind == "csa" else "") + " |",
               f"| licence | {fields['licence']} |", "",
               f"Load it with `csa_lib.pretrained.load_pretrained(\"{name.replace('csa_', '')}\")`.", "",
               "## Evaluation (measured by benchmarks/copytask_ablation.py)", "",
               f"- this model: hole PSNR {seed0['psnr']:.2f} dB, hole L1 {seed0['l1']:.2f} % on {res['n']} held-out samples"
               + ("" if seed0["active"] is None else f"; the CSA layer changed the output on {100 * seed0['active']:.0f} % of them"),
-              f"- the method over {summary[kind]['seeds']} seeds: {summary[kind]['psnr']:.2f} ± {summary[kind]['psnr_sd']:.2f} dB",
+              f"- the method over {summary[kind]['seeds']} seed(s): {summary[kind]['psnr']:.2f} ± {summary[kind]['psnr_sd']:.2f} dB",
+              *([f"- against the identity twin (paired 95 % interval over images x seeds): "
+                 f"{summary[kind]['vs_ref']['mean']:+.2f} dB [{summary[kind]['vs_ref']['lo']:+.2f}, "
+                 f"{summary[kind]['vs_ref']['hi']:+.2f}]"] if summary[kind].get("vs_ref") else []),
+              *([f"- its search: {v['true']:.1f} % of hole cells on a true copy ({row}; chance {v['chance_true']:.1f} %)"
+                 for row, v in evaluation["search"].items()] if "search" in evaluation else []),
+              f"- recipe: {fields['recipe']['optimiser']}",
               "- the full table, the paired intervals and where the search looks: benchmarks/RESULTS.md, \"The copy task\"",
               "", "## Training", "", *[f"- `{c}`" for c in fields["training"]["commands"]],
               f"- machine: {MACHINE}", ""]
