@@ -3,7 +3,7 @@
     python benchmarks/export_copytask.py --csa runs/ct4_csa --identity runs/ct4_identity \
         --results benchmarks/results/copytask/results.json
 
-    python benchmarks/export_copytask.py --task twin --csa runs/pl_tw128_soft2hard --identity runs/pl_tw128_s2h_id \
+    python benchmarks/export_copytask.py --task twin --csa runs/pl_tw128_s2h_frozen --identity runs/pl_tw128_id \
         --results benchmarks/results/copytask_twin128_s2h/results.json
 
 Writes ``weights/csa_copytask.{pt,json,md}`` and ``weights/csa_copytask_identity.{pt,json,md}`` (``--task periodic``,
@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from csa_lib.networks import ATTENTION_INPUT_PREFIXES  # noqa: E402
+
 MACHINE = "2-core AMD EPYC VM with AVX512-BF16, no GPU, torch 2.15.0, Python 3.11, 1 training thread, shared with other jobs"
 
 
@@ -31,8 +33,7 @@ PERIODIC_COMMANDS = [
     "   # steps 1,500-3,000 (exact resume)"]
 TWIN = ("--set data.image_size=128 --set model.image_size=128 --set data.copy_kind=twin "
         "--set 'data.copy_hole_cells=(2,)' --set data.copy_ring=16")
-FREEZE = ("\"train.freeze=('coarse_net.','refine_net.stem.','refine_net.levels.0.down',"
-          "'refine_net.levels.1.down','refine_net.levels.2.down.')\"")
+FREEZE = f"\"train.freeze={ATTENTION_INPUT_PREFIXES!r}\"".replace(" ", "")  # the CSA layer's input, frozen
 TWIN_COMMANDS = {
     "csa": [
         "OMP_NUM_THREADS=1 nice python benchmarks/copytask_pilot.py --out runs/pl_tw128_ctx1 --set model.attention=contextual "

@@ -156,6 +156,15 @@ def make_attention(kind: str, channels: int, csa_semantics: str = "paper",
     return _ShiftFused(channels)  # kind == "shift"
 
 
+#: Parameter-name prefixes of everything that computes the attention layer's input: the coarse net (the
+#: refinement net sees its composite), the stem, and the encoder of the levels down to and including the
+#: attention level (its ``down_norm`` comes after the layer). ``train.freeze`` with these keeps the features
+#: the CSA search compares fixed (the copy task's round 4, benchmarks/RESULTS.md).
+ATTENTION_INPUT_PREFIXES = ("coarse_net.", "refine_net.stem.",
+                            *(f"refine_net.levels.{i}.down" for i in range(FEATURE_LEVELS - 1)),
+                            f"refine_net.levels.{FEATURE_LEVELS - 1}.down.")
+
+
 class _RefineLevel(nn.Module):
     """One encoder level and its decoder mirror. ``c_in`` -> ``c_out`` channels, resolution halved.
 
