@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .networks import build_models, make_attention
+from .networks import attention_level, build_models, make_attention
 from .peers import attention_argmax, valid_sources
 
 __all__ = ["attention_layer", "replaced_attention", "run_with_attention_input", "layer_sources", "nearest_known_sources",
@@ -47,23 +47,16 @@ __all__ = ["attention_layer", "replaced_attention", "run_with_attention_input", 
 # ----------------------------------------------------------------------------------------------------
 # The layer inside a generator
 # ----------------------------------------------------------------------------------------------------
-def _attention_level(generator: nn.Module):
-    levels = [lvl for lvl in generator.refine_net.levels if getattr(lvl, "attention", None) is not None]
-    if len(levels) != 1:
-        raise ValueError(f"expected one attention layer in generator.refine_net, found {len(levels)}")
-    return levels[0]
-
-
 def attention_layer(generator: nn.Module) -> nn.Module:
     """The attention layer of a :class:`csa_lib.networks.CSAInpainter` (CSA, identity, contextual, ...)."""
-    return _attention_level(generator).attention
+    return attention_level(generator).attention
 
 
 @contextmanager
 def replaced_attention(generator: nn.Module, kind: str = "identity", **kwargs) -> Iterator[nn.Module]:
     """Swap the generator's attention layer for ``make_attention(kind)`` inside the ``with`` block (the
     same trained weights everywhere else), e.g. "CSA replaced by identity at inference"."""
-    level = _attention_level(generator)
+    level = attention_level(generator)
     old = level.attention
     channels = level.down[-1].out_channels  # 8C: what the layer at this level sees
     level.attention = make_attention(kind, channels, **kwargs).to(next(generator.parameters()).device)

@@ -10,8 +10,11 @@ Presets
 - ``demo``:     the embedded scikit-image photos, 64 px, a few minutes on a laptop CPU. ``make demo``.
 - ``celeba64``: a CelebA folder such as ``../shared/data/celeba_10k`` (centre crop, resize to 64),
                 first 9,000 images to train, last 1,000 to evaluate, NVIDIA irregular masks.
-- ``copytask``: synthetic periodic textures with one hidden rectangle (:mod:`csa_lib.copytask`), L1 only:
-                does the attention copy from the right place? No VGG, no discriminators: cheap steps.
+- ``copytask``: the copy task (:mod:`csa_lib.copytask`, kind "twin", 128 px): one of two identical blocks
+                is hidden and attention must fetch the other; L1 only (no VGG, no discriminators: cheap
+                steps); CSA with the attention curriculum (``train.attention_warmup_steps``). Minutes.
+- ``copytask_identity``: the same without attention (the ablation twin of ``copytask``).
+- ``copytask_periodic``: the first, easier copy task (64-px periodic textures), notebook 10's start.
 - ``paper256``: the paper's setting: 256 px, full width, centre (120x120) or NVIDIA masks, the official
                 schedule (constant learning rate, then linear decay to zero).
 
@@ -66,7 +69,7 @@ import copy
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +282,15 @@ class TrainConfig:
     # Generator parameters to keep fixed: names starting with any of these prefixes (e.g. "coarse_net.")
     # get no gradient and are not updated. Empty = train everything (the paper). The copy task's
     # experiment: freeze the features CSA searches with, whose drift its argmax cannot resist.
+    # ("attention_input" names everything that computes the attention layer's input:
+    # csa_lib.networks.ATTENTION_INPUT_PREFIXES.) With attention_warmup_steps > 0 the freeze starts at the switch.
     freeze: tuple[str, ...] = ()
+    # The attention curriculum (not in the paper; the copy task's round 4, benchmarks/RESULTS.md): for the
+    # first N steps contextual attention with 1x1 patches stands in the attention layer's place (a softmax:
+    # its choice of source gets a gradient, so the features learn to find the source); at step N the model's
+    # own attention (model.attention, CSA) takes over, train.freeze takes effect and the generator's Adam
+    # state starts afresh. 0 = off: the model's attention from the first step (the paper).
+    attention_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -300,6 +311,7 @@ class TrainConfig:
         check_choice("train.amp", self.amp, AMP_MODES)
         if isinstance(self.freeze, str) or not all(isinstance(f, str) and f for f in self.freeze):
             raise ValueError(f"train.freeze must be a tuple of parameter-name prefixes, got {self.freeze!r}")
+        check_int("train.attention_warmup_steps", self.attention_warmup_steps, minimum=0, what="a step count >= 0")
 
 
 @dataclass
@@ -394,16 +406,46 @@ def _celeba64() -> Preset:
 
 
 def _copytask() -> Preset:
-    # The copy task (csa_lib.copytask): periodic random textures, one hidden rectangle whose content is
-    # visible one period away. L1 only (hole pixels x6): no VGG, no discriminators, so a step is cheap.
-    # Sizes and schedule chosen by measurement on the 2-core CPU (benchmarks/RESULTS.md, "The copy task").
+    # The copy task (csa_lib.copytask, kind "twin"): a 128-px mosaic of random 8-px colour blocks in which a
+    # 2x2-cell block and its 16-px ring appear twice; the hole hides one twin. A network without attention
+    # stays at the mean colour here; attention must find the other twin (benchmarks/RESULTS.md, "The copy
+    # task", rounds 3-4). L1 only (hole pixels x6): no VGG, no discriminators, so a step is cheap.
+    # CSA learns it with the attention curriculum: 750 steps of contextual 1x1 attention, then CSA with the
+    # features it searches with frozen (CSA from the first step loses the twin: its argmax has no gradient).
+    # Width 12: the pair of fp16 weights fits the repository (base 16 measured the same way in round 4).
     return Preset(
         name="copytask",
+        data=DataConfig(layout="copytask", image_size=128, flip=False, eval_seed=777, copy_block=8,
+                        copy_kind="twin", copy_hole_cells=(2,), copy_ring=16),
+        model=ModelConfig(image_size=128, base_channels=12),
+        loss=LossConfig(lambda_c=0.0, lambda_d=0.0, vgg_weights="none", l1_hole_weight=6.0),
+        train=TrainConfig(batch_size=16, lr=5e-4, steps=1500, log_every=50, sample_every=250, ckpt_every=250,
+                          out_dir="runs/copytask", attention_warmup_steps=750, freeze=("attention_input",)),
+    )
+
+
+def _copytask_identity() -> Preset:
+    # The copy task's ablation twin: the same network, data and budget with the identity in the attention
+    # layer's place (nothing to warm up, nothing frozen).
+    p = _copytask()
+    p.name = "copytask_identity"
+    p.model.attention = "identity"
+    p.train = replace(p.train, out_dir="runs/copytask_identity", attention_warmup_steps=0, freeze=())
+    return p
+
+
+def _copytask_periodic() -> Preset:
+    # The first copy task (rounds 1-2): 64-px periodic textures, one hidden rectangle whose content is
+    # visible one period away. Here a U-Net without attention learns much of the copy by convolution, so
+    # CSA's lead over the identity is small (about 1-2 dB); notebook 10 starts with it because it trains in
+    # a few minutes. Sizes and schedule chosen by measurement on the 2-core CPU.
+    return Preset(
+        name="copytask_periodic",
         data=DataConfig(layout="copytask", image_size=64, flip=False, eval_seed=777, copy_block=8),
         model=ModelConfig(image_size=64, base_channels=16),
         loss=LossConfig(lambda_c=0.0, lambda_d=0.0, vgg_weights="none", l1_hole_weight=6.0),
         train=TrainConfig(batch_size=16, lr=5e-4, steps=3000, decay_start=2000, log_every=50,
-                          sample_every=500, ckpt_every=250, out_dir="runs/copytask"),
+                          sample_every=500, ckpt_every=250, out_dir="runs/copytask_periodic"),
     )
 
 
@@ -421,7 +463,8 @@ def _paper256() -> Preset:
     )
 
 
-PRESETS = {"smoke": _smoke, "demo": _demo, "celeba64": _celeba64, "copytask": _copytask, "paper256": _paper256}
+PRESETS = {"smoke": _smoke, "demo": _demo, "celeba64": _celeba64, "copytask": _copytask,
+           "copytask_identity": _copytask_identity, "copytask_periodic": _copytask_periodic, "paper256": _paper256}
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:

@@ -165,6 +165,33 @@ ATTENTION_INPUT_PREFIXES = ("coarse_net.", "refine_net.stem.",
                             f"refine_net.levels.{FEATURE_LEVELS - 1}.down.")
 
 
+def attention_level(model: nn.Module) -> "_RefineLevel":
+    """The refinement level of a :class:`CSAInpainter` that holds the attention layer (``.attention``)."""
+    levels = [lvl for lvl in model.refine_net.levels if getattr(lvl, "attention", None) is not None]
+    if len(levels) != 1:
+        raise ValueError(f"expected one attention layer in generator.refine_net, found {len(levels)}")
+    return levels[0]
+
+
+def swap_attention(model: "CSAInpainter", kind: str, contextual_ksize: int | None = None) -> None:
+    """Put a fresh attention layer of ``kind`` ("csa" | "identity" | "contextual") in ``model``'s CSA
+    position, in place. These three layers have no parameters, so the network's weights and its
+    ``state_dict`` stay exactly as they are: what changes is how the 1/8 features are matched. Used by the
+    attention curriculum (``train.attention_warmup_steps``: contextual 1x1 first, CSA after) and to score a
+    trained network under another attention at inference. ``contextual_ksize`` defaults to the model's.
+    ``model.cfg.attention`` is left as built (what a checkpoint of the model records)."""
+    check_choice("attention", kind, ATTENTIONS)
+    level = attention_level(model)
+    if kind == "shift" or any(True for _ in level.attention.parameters()):
+        raise ValueError(f"swap_attention: only the parameter-free layers (csa, identity, contextual) can be "
+                         f"swapped, not {model.refine_net.attention_kind!r} -> {kind!r}")
+    cfg = model.cfg
+    ksize = cfg.contextual_ksize if contextual_ksize is None else contextual_ksize
+    level.attention = make_attention(kind, level.down[-1].out_channels, cfg.csa_semantics, cfg.csa_backward, ksize).to(
+        next(model.parameters()).device)
+    model.refine_net.attention_kind = kind
+
+
 class _RefineLevel(nn.Module):
     """One encoder level and its decoder mirror. ``c_in`` -> ``c_out`` channels, resolution halved.
 

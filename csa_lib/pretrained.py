@@ -42,13 +42,9 @@ WEIGHTS_DIR = PACKAGED_WEIGHTS if PACKAGED_WEIGHTS.is_dir() else CHECKOUT_WEIGHT
 
 #: name -> card file name in :data:`WEIGHTS_DIR` (the card names the weights file).
 PRETRAINED = {"celeba64": "csa_celeba64.json",
-              # the copy task (csa_lib.copytask): CSA and its ablation twin without attention (notebook 10)
-              "copytask": "csa_copytask.json", "copytask_identity": "csa_copytask_identity.json",
-              # the twin task at 128 px, where attention is necessary: CSA (soft-then-hard curriculum) and the
-              # network without attention at the same budget (notebook 10, section 5b). Not shipped: 25 MiB more
-              # would push the working tree over the GPU device tool's 64 MiB; `python
-              # benchmarks/export_copytask.py --task twin ...` writes them into weights/ after training.
-              "copytask_twin": "csa_copytask_twin.json", "copytask_twin_identity": "csa_copytask_twin_identity.json"}
+              # the copy task (csa_lib.copytask, the twin task at 128 px, where attention is necessary): CSA
+              # trained with the attention curriculum and its ablation twin without attention (notebook 10)
+              "copytask": "csa_copytask.json", "copytask_identity": "csa_copytask_identity.json"}
 
 
 class PretrainedError(RuntimeError):

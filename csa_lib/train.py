@@ -61,7 +61,7 @@ from .data import build_dataset
 from .devices import resolve_device
 from .errors import first_line
 from .losses import InpaintingLoss, needs_vgg
-from .networks import build_models
+from .networks import ATTENTION_INPUT_PREFIXES, build_models, swap_attention
 # Run-folder files (atomic saves, checkpoint rotation, the lock, the log) live in runfiles; the names are
 # also public here, where notebooks and older code import them from.
 from .runfiles import (CKPT_DIR, LAST, LOCK_FILE, NEXT, PREV, TEMP_NAME, RunInUseError, RunLock,  # noqa: F401
@@ -94,6 +94,13 @@ def check_train_config(preset: Preset) -> None:
     """
     preset.validate()
     check_model_config(preset)
+    t = preset.train
+    if t.attention_warmup_steps >= t.steps:
+        raise ValueError(f"train.attention_warmup_steps={t.attention_warmup_steps} must be below train.steps={t.steps}: "
+                         "the model's own attention would never be trained (set both)")
+    if preset.train.attention_warmup_steps and preset.model.attention not in ("csa", "identity", "contextual"):
+        raise ValueError(f"train.attention_warmup_steps needs a parameter-free model.attention (csa, identity or "
+                         f"contextual) to swap in at the switch, got {preset.model.attention!r}")
 
 
 def check_model_config(preset: Preset, data: bool = True, where: str = "") -> None:
@@ -314,19 +321,31 @@ def init_generator(generator: nn.Module, path: str | Path) -> None:
         raise ValueError(f"train.init_from: {path} does not fit this model: {str(e).splitlines()[0]}") from None
 
 
-def freeze_parameters(module: nn.Module, prefixes) -> int:
-    """Set ``requires_grad=False`` on the parameters of ``module`` whose names start with one of
-    ``prefixes`` (``train.freeze``); Adam then never updates them (their gradient stays None). Returns the
-    number of frozen tensors; a prefix that matches no parameter is one ``ValueError`` line naming it."""
-    frozen = 0
+#: ``train.freeze`` names that stand for several prefixes.
+FREEZE_ALIASES = {"attention_input": ATTENTION_INPUT_PREFIXES}
+
+
+def frozen_parameters(module: nn.Module, prefixes) -> list[nn.Parameter]:
+    """The parameters of ``module`` whose names start with one of ``prefixes`` (``train.freeze``; an alias of
+    :data:`FREEZE_ALIASES` such as ``"attention_input"`` is expanded). A prefix that matches no parameter is
+    one ``ValueError`` line naming it."""
+    hits: list[nn.Parameter] = []
     for prefix in prefixes:
-        hits = [p for name, p in module.named_parameters() if name.startswith(prefix)]
-        if not hits:
-            raise ValueError(f"train.freeze: no generator parameter starts with {prefix!r}")
-        for p in hits:
-            p.requires_grad_(False)
-        frozen += len(hits)
-    return frozen
+        for p in FREEZE_ALIASES.get(prefix, (prefix,)):
+            found = [q for name, q in module.named_parameters() if name.startswith(p)]
+            if not found:
+                raise ValueError(f"train.freeze: no generator parameter starts with {p!r}")
+            hits += found
+    return hits
+
+
+def freeze_parameters(module: nn.Module, prefixes) -> int:
+    """Set ``requires_grad=False`` on :func:`frozen_parameters` (``train.freeze``); Adam then never updates
+    them (their gradient stays None). Returns the number of frozen tensors."""
+    hits = frozen_parameters(module, prefixes)
+    for p in hits:
+        p.requires_grad_(False)
+    return len(hits)
 
 
 def preset_of(ckpt: dict) -> Preset:
@@ -458,7 +477,12 @@ class Trainer:
         self.G, self.D, self.F = (m.to(self.device) for m in build_models(preset.model))
         if cfg.init_from:
             init_generator(self.G, cfg.init_from)
-        freeze_parameters(self.G, cfg.freeze)
+        frozen_parameters(self.G, cfg.freeze)  # a prefix that matches nothing: refused now, not at the switch
+        if cfg.attention_warmup_steps and cfg.freeze and self.world > 1:
+            raise ValueError("train.attention_warmup_steps with train.freeze cannot run under torchrun: "
+                             "DistributedDataParallel fixes the trained parameters when it wraps the model")
+        self.step = 0
+        self._apply_attention_phase()  # step 0: the warm-up's attention, or the model's own with the freeze
         # Under torchrun the steps go through DistributedDataParallel wrappers (they share the parameters);
         # self.G/D/F stay the plain modules: checkpoints, samples and the frozen-D generator phase use them.
         self.ddp = tuple(distributed.wrap(m, self.device) for m in (self.G, self.D, self.F))
@@ -474,13 +498,37 @@ class Trainer:
         self.sched = {k: make_scheduler(o, cfg.steps, cfg.decay_start) for k, o in self.opt.items()}
         self.train_set = build_dataset(preset.data, "train")
         self.eval_set = build_dataset(preset.data, "eval")
-        self.step = 0
         self.elapsed_s = 0.0  # training time summed over all sessions of this run
         self._writer = None
         self._no_tensorboard = False  # the tensorboard package turned out to be missing (the preset stays as given)
         self._lock: RunLock | None = None  # held from resume() or fit() to the end of fit()
         self._last_ok: bool | None = None  # does checkpoints/last.pt load? (None: not checked yet)
         self._window = _new_window()  # sums for the next log line (saved in checkpoints: exact logs)
+
+    # ---- the attention curriculum ---------------------------------------------------------------------
+    def _apply_attention_phase(self) -> str:
+        """Set the attention layer and the freeze for ``self.step`` (``train.attention_warmup_steps``):
+        before the switch contextual attention with 1x1 patches and nothing frozen; from the switch on the
+        model's own attention and ``train.freeze``. Returns the phase, "warmup" or "main"."""
+        cfg = self.preset.train
+        if cfg.attention_warmup_steps and self.step < cfg.attention_warmup_steps:
+            swap_attention(self.G, "contextual", contextual_ksize=1)
+            return "warmup"
+        if cfg.attention_warmup_steps:
+            swap_attention(self.G, self.preset.model.attention)
+        freeze_parameters(self.G, cfg.freeze)
+        return "main"
+
+    def _switch_attention(self) -> None:
+        """The end of the warm-up: the model's attention takes over, the freeze starts, and the generator's
+        Adam moments start afresh (the moments of the soft phase belong to another layer)."""
+        self._apply_attention_phase()
+        self.opt["G"].state.clear()
+        if self.progress and distributed.is_main():
+            from tqdm import tqdm
+
+            tqdm.write(f"step {self.step}: attention warm-up over; {self.preset.model.attention} from here on, "
+                       f"{len(frozen_parameters(self.G, self.preset.train.freeze))} parameter tensors frozen")
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -529,6 +577,7 @@ class Trainer:
         distributed.check_same(self.step, "the step to resume from", self.device)  # same checkpoint everywhere
         self._window = _new_window(ckpt.get("log_window"))
         self._sync_schedule()
+        self._apply_attention_phase()
         if Path(ckpt.get("path", "")).name == LAST:
             self._last_ok = True
 
@@ -817,6 +866,8 @@ class Trainer:
                 image = image.to(self.device, non_blocking=True)
                 mask = mask.to(self.device, non_blocking=True)
                 logs = self.train_step(image, mask)
+                if self.step == cfg.attention_warmup_steps:
+                    self._switch_attention()
                 n = image.shape[0] * self.world  # the global batch: every rank took an equal share
                 images += n
                 window["steps"] += 1

@@ -117,7 +117,7 @@ def test_zero_weight_terms_skip_vgg_and_discriminators():
 
 
 def test_copytask_trainer_skips_the_discriminator_step(tmp_path):
-    p = get_preset("copytask", **{"train.device": "cpu", "train.steps": 2, "train.batch_size": 2,
+    p = get_preset("copytask_periodic", **{"train.device": "cpu", "train.steps": 2, "train.batch_size": 2,
                                   "train.out_dir": str(tmp_path), "model.image_size": 32,
                                   "data.image_size": 32, "model.base_channels": 8, "train.log_every": 1})
     t = Trainer(p, progress=False)
@@ -129,7 +129,7 @@ def test_copytask_trainer_skips_the_discriminator_step(tmp_path):
 
 def test_train_freeze_keeps_the_named_parameters_and_trains_the_rest(tmp_path):
     """train.freeze: the coarse net is not updated by a training step, the refinement net is."""
-    p = get_preset("copytask", **{"train.device": "cpu", "train.steps": 1, "train.batch_size": 2,
+    p = get_preset("copytask_periodic", **{"train.device": "cpu", "train.steps": 1, "train.batch_size": 2,
                                   "train.out_dir": str(tmp_path / "run"), "train.tensorboard": False,
                                   "train.freeze": ("coarse_net.",)})
     t = Trainer(p, progress=False)

@@ -91,7 +91,11 @@ def test_preset_builds_train_and_held_out_sets():
     train, held = build_dataset(p.data, "train"), build_dataset(p.data, "eval")
     assert isinstance(train, CopyTask) and isinstance(held, CopyTask)
     assert train.seed != held.seed  # held-out samples come from another seed
-    assert p.loss.lambda_d == 0 and p.model.image_size == 64
+    assert p.loss.lambda_d == 0 and p.model.image_size == 128 and held.kind == "twin"
+    twin = get_preset("copytask_identity")
+    assert twin.model.attention == "identity" and twin.train.attention_warmup_steps == 0 and twin.train.freeze == ()
+    assert (twin.data, twin.train.steps, twin.model.base_channels) == (p.data, p.train.steps, p.model.base_channels)
+    assert get_preset("copytask_periodic").data.copy_kind == "periodic"
 
 
 def test_data_config_sets_every_task_field():
