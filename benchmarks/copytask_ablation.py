@@ -36,15 +36,13 @@ TASK_FIELDS = ("image_size", "copy_block", "copy_kind", "copy_periods", "copy_ho
 
 def load(spec: str):
     """``(generator in eval mode, its training DataConfig)`` from a run folder, checkpoint or pretrained:NAME."""
-    from csa_lib.config import DataConfig
+    from csa_lib.config import Preset
 
     if spec.startswith("pretrained:"):
         from csa_lib.pretrained import load_pretrained
 
         G = load_pretrained(spec.split(":", 1)[1])
-        stored = G.card.get("preset", {}).get("data", {})
-        known = {f: tuple(v) if isinstance(v, list) else v for f, v in stored.items() if f in TASK_FIELDS}
-        return G, DataConfig(layout="copytask", **known)
+        return G, Preset.from_dict(G.card["preset"]).data  # the card records the training preset
     from csa_lib.train import load_generator
 
     G, preset = load_generator(spec)

@@ -44,7 +44,7 @@ class PasteSources(nn.Module):
 def main(argv=None) -> int:
     from csa_lib.ablation import copytask_batch, generator_fill, hole_scores
     from csa_lib.attention_stats import layer_sources
-    from csa_lib.config import DataConfig
+    from csa_lib.config import Preset
     from csa_lib.copytask import CopyTask, copy_source_cells
     from csa_lib.pretrained import load_pretrained
 
@@ -55,11 +55,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     G = load_pretrained(args.model).float().eval()
-    # the task the model was trained on, from its card (the copy_* fields of its preset's data section)
-    stored = G.card.get("preset", {}).get("data", {})
-    ds = CopyTask.from_config(DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()
-                                            if k == "image_size" or k.startswith("copy_")}, layout="copytask"),
-                              args.n, seed=args.seed)
+    # the task the model was trained on: its card records the training preset
+    ds = CopyTask.from_config(Preset.from_dict(G.card["preset"]).data, args.n, seed=args.seed)
     images, masks, _ = copytask_batch(ds)
     true = torch.full((args.n, (ds.image_size // 8) ** 2), -1, dtype=torch.long)  # one entry per 1/8 cell
     for i in range(args.n):

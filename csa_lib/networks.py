@@ -173,6 +173,10 @@ def attention_level(model: nn.Module) -> "_RefineLevel":
     return levels[0]
 
 
+#: The attention layers without parameters: any of them can replace another in a trained network.
+SWAPPABLE_ATTENTIONS = ("csa", "identity", "contextual")
+
+
 def swap_attention(model: "CSAInpainter", kind: str, contextual_ksize: int | None = None) -> None:
     """Put a fresh attention layer of ``kind`` ("csa" | "identity" | "contextual") in ``model``'s CSA
     position, in place. These three layers have no parameters, so the network's weights and its
@@ -182,7 +186,7 @@ def swap_attention(model: "CSAInpainter", kind: str, contextual_ksize: int | Non
     ``model.cfg.attention`` is left as built (what a checkpoint of the model records)."""
     check_choice("attention", kind, ATTENTIONS)
     level = attention_level(model)
-    if kind == "shift" or any(True for _ in level.attention.parameters()):
+    if kind not in SWAPPABLE_ATTENTIONS or any(True for _ in level.attention.parameters()):
         raise ValueError(f"swap_attention: only the parameter-free layers (csa, identity, contextual) can be "
                          f"swapped, not {model.refine_net.attention_kind!r} -> {kind!r}")
     cfg = model.cfg

@@ -61,7 +61,7 @@ from .data import build_dataset
 from .devices import resolve_device
 from .errors import first_line
 from .losses import InpaintingLoss, needs_vgg
-from .networks import ATTENTION_INPUT_PREFIXES, build_models, swap_attention
+from .networks import ATTENTION_INPUT_PREFIXES, SWAPPABLE_ATTENTIONS, build_models, swap_attention
 # Run-folder files (atomic saves, checkpoint rotation, the lock, the log) live in runfiles; the names are
 # also public here, where notebooks and older code import them from.
 from .runfiles import (CKPT_DIR, LAST, LOCK_FILE, NEXT, PREV, TEMP_NAME, RunInUseError, RunLock,  # noqa: F401
@@ -98,7 +98,7 @@ def check_train_config(preset: Preset) -> None:
     if t.attention_warmup_steps >= t.steps:
         raise ValueError(f"train.attention_warmup_steps={t.attention_warmup_steps} must be below train.steps={t.steps}: "
                          "the model's own attention would never be trained (set both)")
-    if preset.train.attention_warmup_steps and preset.model.attention not in ("csa", "identity", "contextual"):
+    if t.attention_warmup_steps and preset.model.attention not in SWAPPABLE_ATTENTIONS:
         raise ValueError(f"train.attention_warmup_steps needs a parameter-free model.attention (csa, identity or "
                          f"contextual) to swap in at the switch, got {preset.model.attention!r}")
 
