@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from csa_lib.config import SHARED_ROOT  # noqa: E402
+from _face_args import add_face_arguments, parse_face_arguments  # noqa: E402  (this folder)
 
 #: (name, dy, dx, zoom): dy/dx move the crop by that fraction of its side (down/right: the face moves
 #: up/left), zoom > 1 zooms in. Within +-6 % / +-12 % is the augmentation range of the new preset.
@@ -73,18 +73,10 @@ def main(argv=None) -> int:
     ap.add_argument("--coarse", action="append", default=[], metavar="NAME")
     ap.add_argument("--border-blend", action="append", default=[], metavar="NAME",
                     help="also score model NAME with csa_lib.baselines.border_blend (row 'NAME + blend')")
-    ap.add_argument("--data", type=Path, default=SHARED_ROOT / "data" / "celeba_10k")
-    ap.add_argument("--masks", type=Path, default=SHARED_ROOT / "data" / "nvidia_masks_256")
-    ap.add_argument("-n", type=int, default=1000, help="held-out faces (from face 9,001)")
+    add_face_arguments(ap)
     ap.add_argument("--framings", default="all", help="comma-separated framing numbers (0-based) or 'all'")
     ap.add_argument("--batch-size", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    for what, path in (("--data", args.data), ("--masks", args.masks)):
-        if not path.is_dir():
-            ap.error(f"{what} {path} is not a folder")
+    args = parse_face_arguments(ap, argv)
 
     from csa_lib.baselines import biharmonic_inpaint, border_blend
     from csa_lib.metrics import evaluate, held_out_faces, results_table

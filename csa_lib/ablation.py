@@ -84,14 +84,17 @@ def baseline_fills(dataset: CopyTask, images: Tensor, masks: Tensor) -> dict[str
             "biharmonic": biharmonic_inpaint(images, masks)}
 
 
-def ablation_row(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int = 3) -> dict[str, Any]:
+def ablation_row(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int | None = None) -> dict[str, Any]:
     """Scores of one trained generator with its activity check: per-image ``psnr``/``l1`` tensors plus
     ``activity`` (:func:`csa_lib.attention_stats.activity`; ``changed`` is the share of images on which
     the attention layer changed the output). A layer that changed nothing makes the row a copy of the
-    identity's, and :func:`format_ablation` marks it *inactive*."""
+    identity's, and :func:`format_ablation` marks it *inactive*. ``ksize`` (the window whose presence
+    ``has_window`` reports) defaults to the model's contextual patch size, 3 for other layers."""
     fill = generator_fill(generator, images, masks)
     row: dict[str, Any] = hole_scores(fill, images, masks)
     kind = getattr(generator.cfg, "attention", "csa")
+    if ksize is None:
+        ksize = getattr(generator.cfg, "contextual_ksize", 3) if kind == "contextual" else 3
     row["activity"] = None if kind == "identity" else activity(generator, images, masks, ksize=ksize)
     return row
 
@@ -110,7 +113,8 @@ def summarize(rows: Mapping[str, list[dict[str, Any]]], reference: str | None = 
     Each line: ``method``, ``seeds``, ``psnr``/``l1`` (mean over seeds of the per-seed mean) and their
     spread (``psnr_sd``, ``l1_sd``: standard deviation over seeds; 0 with one seed), ``active`` (mean
     share of images on which the layer changed the output; None for identity and baselines) and, with
-    ``reference``, the paired difference to it in dB (``vs_ref``: images and seeds paired one to one).
+    ``reference``, the paired difference to it in dB (``vs_ref``: images and seeds paired one to one) and
+    in L1 percentage points (``vs_ref_l1``).
     """
     out = []
     for name, seed_rows in rows.items():
@@ -126,7 +130,44 @@ def summarize(rows: Mapping[str, list[dict[str, Any]]], reference: str | None = 
             k = min(len(ref), len(seed_rows))
             line["vs_ref"] = paired_difference(torch.cat([r["psnr"] for r in seed_rows[:k]]),
                                                torch.cat([r["psnr"] for r in ref[:k]]))
+            line["vs_ref_l1"] = paired_difference(torch.cat([r["l1"] for r in seed_rows[:k]]),
+                                                  torch.cat([r["l1"] for r in ref[:k]]))
         out.append(line)
+    return out
+
+
+def rows_subset(rows: Mapping[str, list[dict[str, Any]]], keep: Tensor) -> dict[str, list[dict[str, Any]]]:
+    """The same per-seed rows restricted to the images where ``keep`` ([N] bool) is true, with each row's
+    activity recomputed from its per-image booleans (a hole-ratio bin, a framing's subset, ...)."""
+    keep = keep.bool()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, seed_rows in rows.items():
+        sub = []
+        for r in seed_rows:
+            s = {k: (v[keep] if isinstance(v, Tensor) else v) for k, v in r.items() if k != "activity"}
+            act = r.get("activity")
+            if act:
+                per = {k: v[keep] for k, v in act.items() if k.startswith("per_image_")}
+                n = int(keep.sum())
+                shares = {k.removeprefix("per_image_"): (float(v.float().mean()) if n else float("nan"))
+                          for k, v in per.items()}
+                act = {"n": n, **shares, **per}
+            s["activity"] = act
+            sub.append(s)
+        out[name] = sub
+    return out
+
+
+def summarize_by_group(rows: Mapping[str, list[dict[str, Any]]], labels: list[str],
+                       reference: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """:func:`summarize` per group of images (``labels[i]`` is image i's group, e.g. its hole-ratio bin)
+    and over all of them (key ``"all"``); groups in order of first appearance."""
+    groups = list(dict.fromkeys(labels))
+    out = {}
+    for g in groups + ["all"]:
+        keep = torch.tensor([g == "all" or lab == g for lab in labels])
+        if keep.any():
+            out[g] = summarize(rows_subset(rows, keep), reference)
     return out
 
 

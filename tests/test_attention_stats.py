@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from csa_lib.ablation import ablation_row, copytask_batch, format_ablation, paired_difference, summarize
+from csa_lib.ablation import (ablation_row, copytask_batch, format_ablation, paired_difference, rows_subset, summarize,
+                             summarize_by_group)
 from csa_lib.attention_stats import (activity, attention_layer, feature_cosine_by_distance, layer_sources,
                                      measure_attention, mirror_sources, nearest_known_sources,
                                      replaced_attention, run_with_attention_input, source_statistics)
@@ -156,3 +157,22 @@ def test_run_with_attention_input_catches_what_the_layer_saw(gen):
     assert torch.equal(hole, out.feature_hole)
     _, att = CoherentSemanticAttention()(x, hole, return_attention=True)  # same input, same search
     assert torch.equal(att.source, out.attention.source) and torch.equal(att.count, out.attention.count)
+
+
+def test_summarize_by_group_slices_scores_and_activity():
+    # two seeds of a layer that changed images 0 and 2 only, against a reference that is 1 dB worse on group a
+    act = {"n": 4, "changed": 0.5, "per_image_changed": torch.tensor([True, False, True, False]),
+           "per_image_has_hole_cell": torch.tensor([True, False, True, True])}
+    row = {"psnr": torch.tensor([11.0, 12.0, 20.0, 20.0]), "l1": torch.tensor([1.0, 1.0, 2.0, 2.0]), "activity": act}
+    ref = {"psnr": torch.tensor([10.0, 11.0, 20.0, 20.0]), "l1": torch.tensor([1.0, 1.0, 2.0, 2.0]), "activity": None}
+    rows = {"layer": [row, row], "ref": [ref, ref]}
+    by = summarize_by_group(rows, ["a", "a", "b", "b"], reference="ref")
+    assert list(by) == ["a", "b", "all"]
+    a, b, everything = (by[k][0] for k in ("a", "b", "all"))
+    assert a["psnr"] == 11.5 and a["active"] == 0.5 and a["vs_ref"]["mean"] == 1.0 and a["vs_ref"]["n"] == 4
+    assert b["psnr"] == 20.0 and b["active"] == 0.5 and b["vs_ref"]["mean"] == 0.0
+    assert everything["vs_ref"]["mean"] == 0.5 and everything["active"] == 0.5
+    sub = rows_subset(rows, torch.tensor([False, True, False, True]))
+    assert sub["layer"][0]["activity"]["changed"] == 0.0 and sub["layer"][0]["activity"]["has_hole_cell"] == 0.5
+    assert sub["ref"][0]["activity"] is None and sub["ref"][0]["psnr"].tolist() == [11.0, 20.0]
+    assert "**inactive**" in format_ablation(summarize(sub, "ref"), "ref")
