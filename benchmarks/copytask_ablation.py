@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from csa_lib.ablation import (ablation_row, baseline_fills, copytask_batch, format_ablation, generator_fill,
-                                  hole_scores, mean_psnr, summarize)
-    from csa_lib.attention_stats import format_statistics, measure_attention, replaced_attention
+                                  hole_scores, mean_psnr, replaced_row, summarize)
+    from csa_lib.attention_stats import format_statistics, measure_attention
     from csa_lib.copytask import CopyTask
     from csa_lib.viz import inpainting_grid
 
@@ -113,8 +113,7 @@ def main(argv=None) -> int:
             continue
         swapped[m] = {}
         for kind, extra in (("identity", {}), ("contextual1", {"contextual_ksize": 1})):
-            with replaced_attention(G, kind.rstrip("1"), **extra):
-                swapped[m][kind] = mean_psnr(hole_scores(generator_fill(G, images, masks), images, masks)["psnr"])
+            swapped[m][kind] = mean_psnr(replaced_row(G, images, masks, kind.rstrip("1"), **extra)["psnr"])
         swapped[m]["own"] = per_seed[m][0]["psnr"]
         att_md.append(f"**{m}, seed run 1, its layer replaced at inference**: hole PSNR {swapped[m]['own']:.2f} dB "
                       f"with its own layer, {swapped[m]['identity']:.2f} dB with the identity, "

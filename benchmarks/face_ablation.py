@@ -41,8 +41,8 @@ def _cell(line: dict | None, key: str = "psnr") -> str:
     return f"{line[key]:.2f}{sd}"
 
 
-def _diff(line: dict) -> str:
-    v = line.get("vs_ref")
+def _diff(line: dict, key: str = "vs_ref") -> str:
+    v = line.get(key)
     if v is None or math.isnan(v["mean"]):
         return "-"
     return f"{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
@@ -54,9 +54,11 @@ def _active(line: dict) -> str:
     return "**inactive**" if line["active"] == 0 else f"{100 * line['active']:.0f} %"
 
 
-def bin_table(by_bin: dict, hole_share: dict, reference: str, unit: str = "dB", diff_unit: str = "dB") -> str:
-    """One row per bin: N, the share with a hole cell at the attention level, the reference's score, then per
-    other method its score, its paired difference to the reference and its activity."""
+def bin_table(by_bin: dict, hole_share: dict, reference: str, key: str = "psnr", unit: str = "dB",
+              diff_key: str = "vs_ref", diff_unit: str = "dB") -> str:
+    """One row per bin: N, the share with a hole cell at the attention level, the reference's score (``key``
+    of :func:`csa_lib.ablation.summarize`'s lines), then per other method its score, its paired difference
+    to the reference (``diff_key``) and its activity."""
     methods = [ln["method"] for ln in next(iter(by_bin.values()))]
     others = [m for m in methods if m != reference]
     head = (["bin", "N", ">= 1 hole cell", f"{reference} ({unit})"]
@@ -65,10 +67,10 @@ def bin_table(by_bin: dict, hole_share: dict, reference: str, unit: str = "dB", 
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, lines in by_bin.items():
         by_name = {ln["method"]: ln for ln in lines}
-        cells = [b, str(hole_share[b][0]), f"{100 * hole_share[b][1]:.0f} %", _cell(by_name[reference])]
+        cells = [b, str(hole_share[b][0]), f"{100 * hole_share[b][1]:.0f} %", _cell(by_name[reference], key)]
         for m in others:
             ln = by_name[m]
-            cells += [_cell(ln), _diff(ln) if ln.get("vs_ref") else "-", _active(ln)]
+            cells += [_cell(ln, key), _diff(ln, diff_key), _active(ln)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -100,8 +102,7 @@ def main(argv=None) -> int:
     except (ValueError, IndexError):
         ap.error(f"--framings {args.framings!r}: numbers 0-{len(FRAMINGS) - 1}, comma-separated")
 
-    from csa_lib.ablation import ablation_row, generator_fill, hole_scores, rows_subset, summarize_by_group
-    from csa_lib.attention_stats import replaced_attention
+    from csa_lib.ablation import ablation_row, hole_scores, replaced_row, summarize_by_group
     from csa_lib.baselines import biharmonic_inpaint
     from csa_lib.metrics import held_out_faces
 
@@ -120,29 +121,21 @@ def main(argv=None) -> int:
             rows[name] = [ablation_row(g, images, masks) for g in gs]
             print(f"  {fname}: {name} ({len(gs)} seeds) scored, {time.perf_counter() - t0:.0f} s", flush=True)
             if name in args.at_inference:
-                swapped = []
-                for g in gs:
-                    with replaced_attention(g, "identity"):
-                        swapped.append({**hole_scores(generator_fill(g, images, masks), images, masks),
-                                        "activity": None})
-                rows[f"{name} -> identity at inference"] = swapped
+                rows[f"{name} -> identity at inference"] = [replaced_row(g, images, masks, "identity") for g in gs]
         if not args.no_biharmonic:
             rows["biharmonic"] = [{**hole_scores(biharmonic_inpaint(images, masks), images, masks), "activity": None}]
         by_bin = summarize_by_group(rows, labels, reference=args.reference)
         act_source = next((r[0]["activity"] for r in rows.values() if r[0].get("activity")), None)
-        hole_share = {}
+        hole_share = {}  # bin -> (N, share of its images with a hole cell at the attention level)
         for b in by_bin:
             keep = torch.tensor([b == "all" or lab == b for lab in labels])
-            share = float("nan")
-            if act_source is not None:
-                share = rows_subset({"x": [{"activity": act_source}]}, keep)["x"][0]["activity"]["has_hole_cell"]
-            hole_share[b] = (int(keep.sum()), share)
-        l1_lines = {b: [{**ln, "psnr": ln["l1"], "psnr_sd": ln["l1_sd"], "vs_ref": ln.get("vs_ref_l1")} for ln in lines]
-                    for b, lines in by_bin.items()}
+            has_hole = act_source["per_image_has_hole_cell"][keep] if act_source else None
+            hole_share[b] = (int(keep.sum()), float(has_hole.float().mean()) if has_hole is not None else float("nan"))
         md.append(f"### {fname} (shift dy={dy:+.2f}, dx={dx:+.2f} of the side, zoom x{zoom:.3f})\n\n"
                   "PSNR inside the hole (dB), mean over seeds ± spread:\n\n" + bin_table(by_bin, hole_share, args.reference)
                   + "\n\nL1 inside the hole (% of the [0, 1] range), mean over seeds ± spread:\n\n"
-                  + bin_table(l1_lines, hole_share, args.reference, unit="%", diff_unit="pts"))
+                  + bin_table(by_bin, hole_share, args.reference, key="l1", unit="%", diff_key="vs_ref_l1",
+                              diff_unit="pts"))
         raw["framings"][fname] = {"framing": [dy, dx, zoom], "hole_cell_share": hole_share, "bins": by_bin}
         print(f"{fname}: {time.perf_counter() - t0:.0f} s", flush=True)
         print(md[-1], flush=True)

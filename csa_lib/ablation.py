@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .attention_stats import activity, measure_attention
+from .attention_stats import activity, measure_attention, replaced_attention
 from .baselines import biharmonic_inpaint, mean_fill
 from .copytask import CopyTask, copies_of_cell, oracle_fill
 from .metrics import hole_l1, hole_psnr
@@ -97,6 +97,13 @@ def ablation_row(generator: nn.Module, images: Tensor, masks: Tensor, ksize: int
         ksize = getattr(generator.cfg, "contextual_ksize", 3) if kind == "contextual" else 3
     row["activity"] = None if kind == "identity" else activity(generator, images, masks, ksize=ksize)
     return row
+
+
+def replaced_row(generator: nn.Module, images: Tensor, masks: Tensor, kind: str = "identity", **kwargs) -> dict[str, Any]:
+    """Scores of ``generator`` with its attention layer replaced by ``kind`` at inference (the same trained
+    weights everywhere else; :func:`csa_lib.attention_stats.replaced_attention`): "CSA removed at inference"."""
+    with replaced_attention(generator, kind, **kwargs):
+        return {**hole_scores(generator_fill(generator, images, masks), images, masks), "activity": None}
 
 
 def mean_psnr(psnr: Tensor) -> float:

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from csa_lib.ablation import (ablation_row, copytask_batch, format_ablation, paired_difference, rows_subset, summarize,
-                             summarize_by_group)
+from csa_lib.ablation import (ablation_row, copytask_batch, format_ablation, paired_difference, replaced_row, rows_subset,
+                             summarize, summarize_by_group)
 from csa_lib.attention_stats import (activity, attention_layer, feature_cosine_by_distance, layer_sources,
                                      measure_attention, mirror_sources, nearest_known_sources,
                                      replaced_attention, run_with_attention_input, source_statistics)
@@ -176,3 +176,16 @@ def test_summarize_by_group_slices_scores_and_activity():
     assert sub["layer"][0]["activity"]["changed"] == 0.0 and sub["layer"][0]["activity"]["has_hole_cell"] == 0.5
     assert sub["ref"][0]["activity"] is None and sub["ref"][0]["psnr"].tolist() == [11.0, 20.0]
     assert "**inactive**" in format_ablation(summarize(sub, "ref"), "ref")
+
+
+def test_replaced_row_scores_the_swapped_layer_and_puts_the_old_one_back():
+    images, masks, _ = copytask_batch(CopyTask(4, 32, seed=1))
+    G = _model("csa")
+    layer = attention_layer(G)
+    own = ablation_row(G, images, masks)
+    removed = replaced_row(G, images, masks, "identity")
+    assert removed["activity"] is None and attention_layer(G) is layer
+    assert not torch.equal(removed["psnr"], own["psnr"])  # the CSA layer was active on these images
+    ident = _model("identity")
+    torch.testing.assert_close(replaced_row(ident, images, masks, "identity")["psnr"],
+                               ablation_row(ident, images, masks)["psnr"])
