@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="pretrained:celeba64")
-    ap.add_argument("-n", type=int, default=300, help="held-out faces (half of them fall in the 30-60 % bins)")
+    ap.add_argument("-n", type=int, default=300, help="held-out faces (half of them fall in the 30-60 %% bins)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from csa_lib.baselines import biharmonic_inpaint

@@ -194,6 +194,10 @@ class ModelConfig:
     csa_backward: str = "autograd"  # "autograd" (true gradient) | "official" (custom rule)
     attention: str = "csa"  # "csa" | "identity" | "contextual" | "shift" (ablations)
     contextual_ksize: int = 3  # patch size of attention="contextual" (1 = single cells: active on small grids)
+    # A small full-resolution residual head after the refinement net that sees the mask and the known pixels
+    # (networks.BorderHead; not in the paper: issue 25's first-pixel error). Its last conv starts at zero, so
+    # switching it on leaves a trained model's output unchanged until it is trained. False = the paper.
+    border_head: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -208,6 +212,8 @@ class ModelConfig:
         check_choice("model.csa_backward", self.csa_backward, CSA_BACKWARDS)
         check_choice("model.attention", self.attention, ATTENTIONS)
         check_int("model.contextual_ksize", self.contextual_ksize)
+        if not isinstance(self.border_head, bool):
+            raise ValueError(f"model.border_head must be true or false, got {self.border_head!r}")
 
 
 @dataclass

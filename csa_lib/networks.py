@@ -11,6 +11,8 @@ CPU runs. Shapes below use ``S`` = image size, ``C`` = base channels, ``n = log2
   doubles the channels on the first three levels (C -> 2C -> 4C -> 8C). The attention layer sits on
   level 3 (1/8 resolution, 8C channels) between the 3x3 conv and its IN, so it sees signed features.
   The output has **no Tanh** (as in the official code): values may leave [-1, 1].
+- :class:`BorderHead` (optional, ``ModelConfig.border_head``; not in the paper): three 3x3 convs at full
+  resolution on [refined output, known pixels, mask] whose output is added to the refined output.
 - :class:`PatchDiscriminator`: the 70x70 PatchGAN. :class:`FeaturePatchDiscriminator`: three 4x4
   stride-2 convs on VGG16 pool3 features (the frozen VGG lives in the loss, see ``csa_lib.losses``).
 - :class:`CSAInpainter`: both generators; per-image masks, any batch size (the official code needs
@@ -277,6 +279,35 @@ class RefineNet(nn.Module):
                 "attention": att}
 
 
+class BorderHead(nn.Module):
+    """A full-resolution residual correction of the refined output (``ModelConfig.border_head``).
+
+    ``forward(refined [B,3,S,S], known [B,3,S,S] (hole zeroed), mask [B,1,S,S] 1=hole) -> [B,3,S,S]``,
+    ``refined`` plus a correction. Why: in :class:`RefineNet` the only full-resolution path from the
+    input to the output is the stem conv, a ReLU and the head conv, and the input carries no mask channel,
+    so a pixel one step inside the hole is mostly predicted from 1/2-resolution decoder features. This head
+    sees the mask and the known pixels in a 7x7 window (three 3x3 convs, C channels), enough to continue
+    the known neighbours into the first rings of the hole. The last conv starts at zero: the head begins
+    as the identity, so it can be added to trained weights (``train.init_from``) without changing them.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(7, channels, 3, 1, 1), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(channels, channels, 3, 1, 1), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(channels, 3, 3, 1, 1))
+        init_weights(self)
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, refined: Tensor, known: Tensor, mask: Tensor) -> Tensor:
+        return refined + self.body(torch.cat([refined, known, mask], dim=1))
+
+
+#: Parameter-name prefix of the optional :class:`BorderHead` (weights saved without it load with it zeroed).
+BORDER_HEAD_PREFIX = "border_head."
+
+
 # ----------------------------------------------------------------------------------------------------
 # Discriminators
 # ----------------------------------------------------------------------------------------------------
@@ -383,6 +414,7 @@ class CSAInpainter(nn.Module):
         self.coarse_net = CoarseNet(cfg.base_channels, cfg.image_size)
         self.refine_net = RefineNet(cfg.base_channels, cfg.image_size, cfg.attention,
                                     cfg.csa_semantics, cfg.csa_backward, cfg.contextual_ksize)
+        self.border_head = BorderHead(cfg.base_channels) if cfg.border_head else None
 
     def refine_input(self, image: Tensor, mask: Tensor, coarse: Tensor) -> Tensor:
         """6-channel refinement input: [coarse in the hole + known pixels, image with the hole zeroed].
@@ -451,6 +483,8 @@ class CSAInpainter(nn.Module):
         hole = feature_mask(mask, levels=FEATURE_LEVELS, threshold=FEATURE_THRESHOLD)
         r = self.refine_net(self.refine_input(image, mask, coarse), hole, return_attention)
         refined = r["out"]
+        if self.border_head is not None:
+            refined = self.border_head(refined, image * (1 - mask), mask)
         composite = refined * mask + image * (1 - mask)
         return InpaintOutput(coarse, refined, composite, r["csa_out"], r["decoder_feat"], hole,
                              r["attention"], csa_in=r["csa_in"])

@@ -154,7 +154,11 @@ def to_official_state_dicts(generator: CSAInpainter, image_D: nn.Module | None =
                             feature_D: nn.Module | None = None) -> dict[str, dict[str, Tensor]]:
     """Our weights under the official names: ``{"G": {...}, "P": {...}}`` (plus ``"D"``/``"F"`` when the
     discriminators are given), each ordered as the official ``state_dict()`` lists them. Tensors are
-    shared with the model (``.detach()``), not copied."""
+    shared with the model (``.detach()``), not copied. A model with ``model.border_head`` is refused: the
+    official networks have no place for the head, and dropping it would change the output."""
+    if getattr(generator, "border_head", None) is not None:
+        raise ValueError("this model has a border head (model.border_head), which the official code does not "
+                         "have: its weights cannot be written under the official names")
     out = {}
     for label, (net, keys) in _net_key_maps(generator, image_D, feature_D).items():
         ours = net.state_dict()

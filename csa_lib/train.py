@@ -61,7 +61,8 @@ from .data import build_dataset
 from .devices import resolve_device
 from .errors import first_line
 from .losses import InpaintingLoss, needs_vgg
-from .networks import ATTENTION_INPUT_PREFIXES, SWAPPABLE_ATTENTIONS, build_models, swap_attention
+from .networks import (ATTENTION_INPUT_PREFIXES, BORDER_HEAD_PREFIX, SWAPPABLE_ATTENTIONS, build_models,
+                       swap_attention)
 # Run-folder files (atomic saves, checkpoint rotation, the lock, the log) live in runfiles; the names are
 # also public here, where notebooks and older code import them from.
 from .runfiles import (CKPT_DIR, LAST, LOCK_FILE, NEXT, PREV, TEMP_NAME, RunInUseError, RunLock,  # noqa: F401
@@ -316,7 +317,14 @@ def init_generator(generator: nn.Module, path: str | Path) -> None:
     if isinstance(state, dict) and "generator" in state:
         state = state["generator"]
     try:
-        generator.load_state_dict({k: v.float() for k, v in state.items()})
+        state = {k: v.float() for k, v in state.items()}
+        # Weights saved without the optional border head (model.border_head) start it at its identity
+        # initialisation; every other missing or unexpected name is an error.
+        own = generator.state_dict()
+        for k in own:
+            if k.startswith(BORDER_HEAD_PREFIX) and k not in state:
+                state[k] = own[k]
+        generator.load_state_dict(state)
     except (RuntimeError, AttributeError) as e:
         raise ValueError(f"train.init_from: {path} does not fit this model: {str(e).splitlines()[0]}") from None
 

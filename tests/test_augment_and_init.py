@@ -149,3 +149,60 @@ def test_train_freeze_names_a_prefix_that_matches_nothing(tmp_path):
         Trainer(p, progress=False)
     with pytest.raises(ValueError, match="train.freeze must be a tuple"):
         get_preset("smoke", **{"train.freeze": "coarse_net."})
+
+
+def _image_and_mask(size=32, batch=2):
+    torch.manual_seed(3)
+    image = torch.rand(batch, 3, size, size) * 2 - 1
+    mask = torch.zeros(batch, 1, size, size)
+    mask[..., 8:20, 10:24] = 1
+    return image, mask
+
+
+def test_border_head_starts_as_the_identity_on_weights_saved_without_it(tmp_path):
+    plain_cfg = ModelConfig(image_size=32, base_channels=8)
+    torch.manual_seed(0)
+    plain = CSAInpainter(plain_cfg).eval()
+    torch.save({k: v.half() for k, v in plain.state_dict().items()}, tmp_path / "w.pt")
+    init_generator(plain, tmp_path / "w.pt")  # the same fp16 rounding on both sides
+    head = CSAInpainter(ModelConfig(image_size=32, base_channels=8, border_head=True)).eval()
+    init_generator(head, tmp_path / "w.pt")
+    assert any(k.startswith("border_head.") for k in head.state_dict())
+    image, mask = _image_and_mask()
+    with torch.no_grad():
+        torch.testing.assert_close(head(image, mask).composite, plain(image, mask).composite)
+    # a file with the head loads it (not re-zeroed), and the head then changes the output
+    with torch.no_grad():
+        head.border_head.body[-1].bias.fill_(0.1)
+    torch.save(head.state_dict(), tmp_path / "h.pt")
+    again = CSAInpainter(ModelConfig(image_size=32, base_channels=8, border_head=True)).eval()
+    init_generator(again, tmp_path / "h.pt")
+    with torch.no_grad():
+        out_head, out_plain = again(image, mask), plain(image, mask)
+    hole = mask.bool().expand_as(image)
+    torch.testing.assert_close(out_head.refined[hole], out_plain.refined[hole] + 0.1)
+    torch.testing.assert_close(out_head.composite[~hole], image[~hole])  # known pixels stay the input
+    # other missing names are still refused
+    bad = {k: v for k, v in plain.state_dict().items() if not k.startswith("coarse_net.down.0")}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        init_generator(CSAInpainter(ModelConfig(image_size=32, base_channels=8, border_head=True)),
+                       tmp_path / "bad.pt")
+
+
+def test_border_head_sees_the_mask_and_learns():
+    torch.manual_seed(0)
+    G = CSAInpainter(ModelConfig(image_size=32, base_channels=8, border_head=True))
+    image, mask = _image_and_mask()
+    out = G(image, mask)
+    (out.composite - image).abs().mean().backward()
+    last = G.border_head.body[-1].weight
+    assert last.grad is not None and last.grad.abs().sum() > 0  # zero-initialised, yet it gets a gradient
+    first = G.border_head.body[0].weight
+    assert first.shape[1] == 7  # refined (3) + known pixels (3) + mask (1)
+
+
+def test_border_head_config_is_validated():
+    with pytest.raises(ValueError, match="model.border_head"):
+        ModelConfig(border_head="yes")
+    assert CSAInpainter(ModelConfig(image_size=32, base_channels=8)).border_head is None

@@ -44,7 +44,7 @@ from torch import nn
 
 from csa_lib.cli import main
 from csa_lib.config import SHARED_ROOT, ModelConfig
-from csa_lib.networks import build_models, fill_hole
+from csa_lib.networks import CSAInpainter, build_models, fill_hole
 from csa_lib.official import (OfficialCheckpointError, from_official_state_dicts, import_official,
                               load_official_checkpoint, official_files, to_official_state_dicts)
 from csa_lib.train import load_generator
@@ -356,3 +356,9 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "official checkpoint folder not found" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_border_head_model_is_refused_in_the_official_format():
+    G = CSAInpainter(ModelConfig(image_size=32, base_channels=8, border_head=True))
+    with pytest.raises(ValueError, match="border head"):
+        to_official_state_dicts(G)
