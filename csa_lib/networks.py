@@ -289,6 +289,8 @@ class BorderHead(nn.Module):
     sees the mask and the known pixels in a 7x7 window (three 3x3 convs, C channels), enough to continue
     the known neighbours into the first rings of the hole. The last conv starts at zero: the head begins
     as the identity, so it can be added to trained weights (``train.init_from``) without changing them.
+    The other two keep PyTorch's default initialisation: with the N(0, 0.02) of the rest of the network
+    their features start about 30x smaller, and in 500 fine-tuning steps the head barely moved.
     """
 
     def __init__(self, channels: int):
@@ -296,7 +298,6 @@ class BorderHead(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(7, channels, 3, 1, 1), nn.LeakyReLU(0.2),
                                   nn.Conv2d(channels, channels, 3, 1, 1), nn.LeakyReLU(0.2),
                                   nn.Conv2d(channels, 3, 3, 1, 1))
-        init_weights(self)
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
