@@ -198,6 +198,7 @@ class ModelConfig:
     # (networks.BorderHead; not in the paper: issue 25's first-pixel error). Its last conv starts at zero, so
     # switching it on leaves a trained model's output unchanged until it is trained. False = the paper.
     border_head: bool = False
+    border_head_layers: int = 3  # 3x3 convs in the border head (window 2 * layers + 1 px); >= 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -214,6 +215,7 @@ class ModelConfig:
         check_int("model.contextual_ksize", self.contextual_ksize)
         if not isinstance(self.border_head, bool):
             raise ValueError(f"model.border_head must be true or false, got {self.border_head!r}")
+        check_int("model.border_head_layers", self.border_head_layers, minimum=2, maximum=16)
 
 
 @dataclass

@@ -286,18 +286,18 @@ class BorderHead(nn.Module):
     ``refined`` plus a correction. Why: in :class:`RefineNet` the only full-resolution path from the
     input to the output is the stem conv, a ReLU and the head conv, and the input carries no mask channel,
     so a pixel one step inside the hole is mostly predicted from 1/2-resolution decoder features. This head
-    sees the mask and the known pixels in a 7x7 window (three 3x3 convs, C channels), enough to continue
+    sees the mask and the known pixels in a 7x7 window (``layers`` = 3 convs of 3x3, C channels), enough to continue
     the known neighbours into the first rings of the hole. The last conv starts at zero: the head begins
     as the identity, so it can be added to trained weights (``train.init_from``) without changing them.
     The other two keep PyTorch's default initialisation: with the N(0, 0.02) of the rest of the network
     their features start about 30x smaller, and in 500 fine-tuning steps the head barely moved.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, layers: int = 3):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(7, channels, 3, 1, 1), nn.LeakyReLU(0.2),
-                                  nn.Conv2d(channels, channels, 3, 1, 1), nn.LeakyReLU(0.2),
-                                  nn.Conv2d(channels, 3, 3, 1, 1))
+        widths = [7] + [channels] * (layers - 1) + [3]
+        convs = [nn.Conv2d(a, b, 3, 1, 1) for a, b in zip(widths[:-1], widths[1:])]
+        self.body = nn.Sequential(*[m for conv in convs[:-1] for m in (conv, nn.LeakyReLU(0.2))], convs[-1])
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
@@ -415,7 +415,7 @@ class CSAInpainter(nn.Module):
         self.coarse_net = CoarseNet(cfg.base_channels, cfg.image_size)
         self.refine_net = RefineNet(cfg.base_channels, cfg.image_size, cfg.attention,
                                     cfg.csa_semantics, cfg.csa_backward, cfg.contextual_ksize)
-        self.border_head = BorderHead(cfg.base_channels) if cfg.border_head else None
+        self.border_head = BorderHead(cfg.base_channels, cfg.border_head_layers) if cfg.border_head else None
 
     def refine_input(self, image: Tensor, mask: Tensor, coarse: Tensor) -> Tensor:
         """6-channel refinement input: [coarse in the hole + known pixels, image with the hole zeroed].

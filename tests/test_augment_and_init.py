@@ -206,3 +206,9 @@ def test_border_head_config_is_validated():
     with pytest.raises(ValueError, match="model.border_head"):
         ModelConfig(border_head="yes")
     assert CSAInpainter(ModelConfig(image_size=32, base_channels=8)).border_head is None
+    with pytest.raises(ValueError, match="model.border_head_layers"):
+        ModelConfig(border_head=True, border_head_layers=1)
+    deep = CSAInpainter(ModelConfig(image_size=32, base_channels=8, border_head=True, border_head_layers=5))
+    convs = [m for m in deep.border_head.body if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5 and convs[0].in_channels == 7 and convs[-1].out_channels == 3
+    assert not convs[-1].weight.any() and convs[0].weight.std() > 0.05  # identity start, default init inside
