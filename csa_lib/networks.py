@@ -290,7 +290,8 @@ class BorderHead(nn.Module):
     the known neighbours into the first rings of the hole. The last conv starts at zero: the head begins
     as the identity, so it can be added to trained weights (``train.init_from``) without changing them.
     The other two keep PyTorch's default initialisation: with the N(0, 0.02) of the rest of the network
-    their features start about 30x smaller, and in 500 fine-tuning steps the head barely moved.
+    their features start about 6x smaller (std 0.015 vs 0.094 on random inputs), and in 500 fine-tuning steps
+    the head barely moved.
     """
 
     def __init__(self, channels: int, layers: int = 3):
