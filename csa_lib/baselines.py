@@ -8,7 +8,9 @@ Both take and return the generator's convention, so :func:`csa_lib.metrics.evalu
 
 :func:`border_blend` is the one place the two meet: a named, optional post-processing that mixes a
 network's fill with the biharmonic continuation in the first two rings of the hole, where a smooth
-interpolator is nearly exact and a network is not (benchmarks/RESULTS.md, "The first pixel inside the hole").
+interpolator is nearly exact and a network without a full-resolution view of the hole's edge is not
+(benchmarks/RESULTS.md, "The first pixel inside the hole"). The shipped face model's version 3 has such a view
+(``ModelConfig.border_head``) and gains nothing from the blend ("Version 3: the border head").
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ def biharmonic_inpaint(image: Tensor, mask: Tensor) -> Tensor:
 
 
 #: Weights of the biharmonic fill at chessboard distance 1 and 2 px from the known region (the rest of the
-#: hole keeps the network's fill). Chosen on held-out faces 9,001-9,300 (30-60 % bins) by
-#: ``benchmarks/border_error.py``: 0.7-0.8 at 1 px gave the lowest error there, 0.4 at 2 px.
+#: hole keeps the network's fill). Chosen for face model version 2 on held-out faces 9,001-9,300 (30-60 % bins)
+#: by ``benchmarks/border_error.py``: 0.7-0.8 at 1 px gave the lowest error there, 0.4 at 2 px.
 BORDER_BLEND = (0.8, 0.4)
 
 

@@ -1135,8 +1135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow -o to be the input image (or its mask): replace it with the result")
     i.add_argument("--border-blend", action="store_true",
                    help="post-processing: mix the fill with the biharmonic continuation in the hole's first two "
-                        "pixel rings at the network's size (lower error right at the hole's edge; "
-                        "benchmarks/RESULTS.md, 'The first pixel inside the hole')")
+                        "pixel rings at the network's size (made for face model version 2; the shipped version 3 "
+                        "gains nothing from it: benchmarks/RESULTS.md, 'Version 3: the border head')")
     i.add_argument("--checkpoint", help="a training checkpoint (file or run folder) instead of the shipped model")
     i.add_argument("--model", default="celeba64", help="which shipped model (default celeba64)")
     i.add_argument("--device", help="auto | cpu | cuda")
