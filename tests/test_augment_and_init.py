@@ -212,3 +212,24 @@ def test_border_head_config_is_validated():
     convs = [m for m in deep.border_head.body if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 5 and convs[0].in_channels == 7 and convs[-1].out_channels == 3
     assert not convs[-1].weight.any() and convs[0].weight.std() > 0.05  # identity start, default init inside
+
+
+def test_border_head_alone_on_a_frozen_generator(tmp_path):
+    """The recipe of the shipped face model's version 3: start from weights without a head, freeze the
+    generator, train the head with L1 only (no VGG, no discriminators): only the head changes."""
+    base = get_preset("copytask_periodic", **{"train.device": "cpu", "train.batch_size": 2,
+                                              "train.tensorboard": False})
+    torch.manual_seed(0)
+    torch.save(build_models(base.model)[0].state_dict(), tmp_path / "g.pt")
+    p = get_preset("copytask_periodic", **{"train.device": "cpu", "train.steps": 2, "train.batch_size": 2,
+                                  "train.out_dir": str(tmp_path / "run"), "train.tensorboard": False,
+                                  "model.border_head": True, "train.freeze": ("coarse_net.", "refine_net."),
+                                  "loss.lambda_c": 0.0, "loss.lambda_d": 0.0, "train.lr": 1e-3,
+                                  "train.init_from": str(tmp_path / "g.pt")})
+    t = Trainer(p, progress=False)
+    before = {k: v.clone() for k, v in t.G.state_dict().items()}
+    t.fit()
+    after = t.G.state_dict()
+    body = [k for k in before if not k.startswith("border_head.") and before[k].is_floating_point()]
+    assert body and all(torch.equal(before[k], after[k]) for k in body)
+    assert not torch.equal(before["border_head.body.4.weight"], after["border_head.body.4.weight"])
