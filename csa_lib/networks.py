@@ -11,7 +11,7 @@ CPU runs. Shapes below use ``S`` = image size, ``C`` = base channels, ``n = log2
   doubles the channels on the first three levels (C -> 2C -> 4C -> 8C). The attention layer sits on
   level 3 (1/8 resolution, 8C channels) between the 3x3 conv and its IN, so it sees signed features.
   The output has **no Tanh** (as in the official code): values may leave [-1, 1].
-- :class:`BorderHead` (optional, ``ModelConfig.border_head``; not in the paper): three 3x3 convs at full
+- :class:`BorderHead` (optional, ``ModelConfig.border_head``; not in the paper): a few 3x3 convs at full
   resolution on [refined output, known pixels, mask] whose output is added to the refined output.
 - :class:`PatchDiscriminator`: the 70x70 PatchGAN. :class:`FeaturePatchDiscriminator`: three 4x4
   stride-2 convs on VGG16 pool3 features (the frozen VGG lives in the loss, see ``csa_lib.losses``).
@@ -286,12 +286,12 @@ class BorderHead(nn.Module):
     ``refined`` plus a correction. Why: in :class:`RefineNet` the only full-resolution path from the
     input to the output is the stem conv, a ReLU and the head conv, and the input carries no mask channel,
     so a pixel one step inside the hole is mostly predicted from 1/2-resolution decoder features. This head
-    sees the mask and the known pixels in a 7x7 window (``layers`` = 3 convs of 3x3, C channels), enough to continue
-    the known neighbours into the first rings of the hole. The last conv starts at zero: the head begins
-    as the identity, so it can be added to trained weights (``train.init_from``) without changing them.
-    The other two keep PyTorch's default initialisation: with the N(0, 0.02) of the rest of the network
-    their features start about 6x smaller (std 0.015 vs 0.094 on random inputs), and in 500 fine-tuning steps
-    the head barely moved.
+    sees the mask and the known pixels in a window of ``2 * layers + 1`` px (``layers`` 3x3 convs with C
+    channels: 7x7 by default, 11x11 in the shipped face model), enough to continue the known neighbours into
+    the first rings of the hole. The last conv starts at zero: the head begins as the identity, so it can be
+    added to trained weights (``train.init_from``) without changing them. The hidden convs keep PyTorch's
+    default initialisation: with the N(0, 0.02) of the rest of the network their features start about 6x
+    smaller (std 0.015 vs 0.094 on random inputs), and in 500 fine-tuning steps the head barely moved.
     """
 
     def __init__(self, channels: int, layers: int = 3):
@@ -306,7 +306,8 @@ class BorderHead(nn.Module):
         return refined + self.body(torch.cat([refined, known, mask], dim=1))
 
 
-#: Parameter-name prefix of the optional :class:`BorderHead` (weights saved without it load with it zeroed).
+#: Parameter-name prefix of the optional :class:`BorderHead` (weights saved without it load with the head at
+#: its identity start: ``train.init_generator``).
 BORDER_HEAD_PREFIX = "border_head."
 
 

@@ -116,6 +116,13 @@ def _held_out_large_holes(n_per_bin: int = 12):
     return held_out_faces(n=3 * n_per_bin, bins=("30-40%", "40-50%", "50-60%"))
 
 
+def _held_out_large_hole_batch(n_per_bin: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [N,3,64,64], masks [N,1,64,64]) of :func:`_held_out_large_holes`, stacked."""
+    protocol = _held_out_large_holes(n_per_bin)
+    return (torch.stack([protocol[j][0] for j in range(len(protocol))]),
+            torch.stack([protocol[j][1] for j in range(len(protocol))]))
+
+
 needs_shared = pytest.mark.skipif(not (SHARED_ROOT / "data" / "celeba_10k").is_dir(), reason="needs ../shared/data")
 
 
@@ -128,9 +135,7 @@ def test_shipped_model_beats_biharmonic_deep_inside_large_holes():
     from csa_lib.baselines import biharmonic_inpaint
     from csa_lib.metrics import error_by_border_distance
 
-    protocol = _held_out_large_holes()
-    image = torch.stack([protocol[j][0] for j in range(len(protocol))])
-    mask = torch.stack([protocol[j][1] for j in range(len(protocol))])
+    image, mask = _held_out_large_hole_batch()
     with torch.no_grad():
         out = load_pretrained("celeba64")(image, mask)
     model = error_by_border_distance(out.composite, image, mask)["5+"]
@@ -148,9 +153,7 @@ def test_shipped_model_beats_biharmonic_next_to_the_known_pixels():
     from csa_lib.baselines import biharmonic_inpaint
     from csa_lib.metrics import error_by_border_distance
 
-    protocol = _held_out_large_holes()
-    image = torch.stack([protocol[j][0] for j in range(len(protocol))])
-    mask = torch.stack([protocol[j][1] for j in range(len(protocol))])
+    image, mask = _held_out_large_hole_batch()
     G = load_pretrained("celeba64")
     assert G.border_head is not None and G.border_head.body[-1].weight.abs().sum() > 0
     with torch.no_grad():
